@@ -1,0 +1,120 @@
+"Stage 03 (dr_detection.train): pretrained weights, CAM, ONNX parity, artifacts and loading them back."
+import json
+from pathlib import Path
+from unittest import mock
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dr_detection.data import load_config, draw_fundus
+from dr_detection.train import (build_model, efficientnet_lite0, export_onnx, onnx_parity, load_model, run_train, save_model,
+                                PretrainedWeightsError, TF_STATS, CAMExport, training_rows)
+
+ort = pytest.importorskip('onnxruntime')
+SIZE = 64
+
+
+def _norm(imgs, mean, std):
+    x = torch.stack([torch.tensor(np.asarray(i.convert('RGB')) / 255., dtype=torch.float32).permute(2, 0, 1) for i in imgs])
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+@pytest.fixture(scope='module')
+def prepared(tmp_path_factory):
+    "A run folder with a `preprocessed.csv` of synthetic square fundus images (grade 0 or 4), as 02 would write it."
+    d = tmp_path_factory.mktemp('run'); (d / 'preprocessed').mkdir()
+    rng, rows = np.random.default_rng(0), []
+    for p in range(10):
+        split = 'valid' if p % 3 == 0 else 'test' if p == 8 else 'train'
+        for eye, g in (('left', 0), ('right', 4 if p % 2 else 0)):
+            f = d / 'preprocessed' / f'{p}_{eye}.jpeg'
+            draw_fundus(rng, (2 * SIZE, 2 * SIZE), grade=g, eye=eye, clip=False, work_width=2 * SIZE).resize((SIZE, SIZE)).save(f, quality=95)
+            rows.append(dict(id=f'{p}_{eye}', patient=p, eye=eye, grade=g, label=int(g > 2), excluded='', source='demo', path=str(f),
+                             split=split, keep=True, prep_path=str(f), prep_error=''))
+    rows.append(dict(rows[0], id='x_left', patient='x', excluded='grade 1 excluded by label_map', label=''))  # must be ignored
+    pd.DataFrame(rows).to_csv(d / 'preprocessed.csv', index=False)
+    return d
+
+
+def test_efficientnet_lite0_espresso():
+    "The offline ImageNet weights really load: class 967 (espresso) ranks first on skimage's coffee photo."
+    from skimage import data
+    m = efficientnet_lite0(pretrained=True).eval()
+    img = Image.fromarray(data.coffee()).resize((224, 224), Image.BICUBIC)
+    with torch.no_grad(): p = m(_norm([img], *TF_STATS)).softmax(1)[0]
+    assert p.argmax().item() == 967 and p[967] > 0.5
+    assert sum(t.numel() for t in torch.load(__import__('dr_detection.train', fromlist=['x']).lite0_weights_file(),
+                                             weights_only=True).values()) == 4_694_073
+
+
+def test_cam_is_exact():
+    net = build_model('resnet18', dropout=0.5).eval()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        logits, (prob, cam) = net(x), CAMExport(net)(x)
+    torch.testing.assert_close(cam.mean((1, 2)) + net.cam_bias(), logits[:, 1] - logits[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.sigmoid(cam.mean((1, 2)) + net.cam_bias()), prob, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'efficientnet_lite0'])
+def test_onnx_parity(tmp_path, arch):
+    "ONNX (onnxruntime) and PyTorch agree on the same inputs: max abs difference on probabilities <= 1e-4; any batch size."
+    torch.manual_seed(0)
+    net = build_model(arch, pretrained=arch == 'efficientnet_lite0').eval()
+    with torch.no_grad(): net.fc.weight.mul_(20)  # spread the probabilities away from 0.5 so the check means something
+    f = export_onnx(net, tmp_path / 'model.onnx', SIZE)
+    rng = np.random.default_rng(1)
+    imgs = [draw_fundus(rng, (2 * SIZE, 2 * SIZE), grade=g, clip=False, work_width=2 * SIZE).resize((SIZE, SIZE)) for g in (0, 4, 0)]
+    for x in (_norm(imgs, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), torch.randn(1, 3, SIZE, SIZE)):
+        par = onnx_parity(net, f, x)
+        assert par['prob'] <= 1e-4 and par['cam_rel'] <= 1e-4, par
+    sess = ort.InferenceSession(str(f))
+    assert [i.name for i in sess.get_inputs()] == ['image'] and [o.name for o in sess.get_outputs()] == ['prob', 'cam']
+    prob, cam = sess.run(None, {'image': np.zeros((5, 3, SIZE, SIZE), np.float32)})
+    assert prob.shape == (5,) and cam.shape == (5, 2, 2) and prob.dtype == np.float32
+
+
+def test_pretrained_offline_message():
+    with mock.patch('torchvision.models.WeightsEnum.get_state_dict', side_effect=OSError('network is unreachable')):
+        with pytest.raises(PretrainedWeightsError) as e: build_model('resnet50', pretrained=True)
+    assert 'train.weights_path' in str(e.value) and 'pretrained: false' in str(e.value)
+
+
+def test_weights_path(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+    sd = torchvision.models.resnet34().state_dict()
+    torch.save(sd, tmp_path / 'r34.pth'); save_file(sd, str(tmp_path / 'r34.safetensors'))
+    for f in ('r34.pth', 'r34.safetensors'):
+        net = build_model('resnet34', pretrained=True, weights_path=tmp_path / f)
+        torch.testing.assert_close(net.body[0].weight, sd['conv1.weight'])
+    with pytest.raises(PretrainedWeightsError): build_model('resnet18', pretrained=True, weights_path=tmp_path / 'r34.pth')
+
+
+def test_training_rows(prepared):
+    df = training_rows(pd.read_csv(prepared / 'preprocessed.csv', dtype={'excluded': str, 'prep_path': str}, keep_default_na=False))
+    assert set(df.split) == {'train', 'valid'} and 'x' not in set(df.patient.astype(str)) and df.label.dtype.kind == 'i'
+
+
+def test_run_train_and_load_from_artifacts(prepared):
+    "A tiny end-to-end run writes the artifacts; the model loads back from them alone and agrees with its ONNX graph."
+    cfg = load_config(None, overrides={'preprocess.size': SIZE, 'train.arch': 'resnet18', 'train.epochs': 1, 'train.batch_size': 4})
+    meta = run_train(cfg, prepared)
+    md = prepared / 'model'
+    assert {p.name for p in md.iterdir()} == {'model.json', 'model.onnx', 'model.safetensors'}
+    assert (prepared / 'train_log.csv').exists() and (prepared / 'training_curve.png').exists()
+    j = json.loads((md / 'model.json').read_text())
+    assert j == json.loads(json.dumps(meta))
+    for k in ('format_version', 'arch', 'input_size', 'preprocess', 'normalize', 'class_names', 'threshold', 'threshold_source',
+              'quality', 'onnx', 'weights', 'training', 'config', 'code_version', 'created'): assert k in j, k
+    assert j['input_size'] == SIZE and j['threshold'] == 0.5 and j['training']['class_weighting'] == 'weighted_ce'
+    assert j['training']['data']['train']['images'] == 10 and 'test' not in j['training']['data']
+    net, meta2 = load_model(md)
+    imgs = [Image.open(p) for p in sorted((prepared / 'preprocessed').glob('*.jpeg'))[:6]]
+    x = _norm(imgs, meta2['normalize']['mean'], meta2['normalize']['std'])
+    assert onnx_parity(net, md / 'model.onnx', x)['prob'] <= 1e-4
+    # the weights file is plain safetensors: no pickle anywhere
+    from safetensors import safe_open
+    with safe_open(str(md / 'model.safetensors'), 'pt') as f: assert 'fc.weight' in f.keys()
