@@ -1,0 +1,194 @@
+"Metric code of 04_evaluate against scikit-learn on fixed inputs, the threshold's independence from test data, and dr-evaluate."
+import json, math, shutil
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.metrics as skm
+from sklearn.calibration import calibration_curve
+from dr_detection.data import load_config, EvaluateConfig
+from dr_detection.evaluate import (roc_auc, roc_curve, pr_curve, average_precision, confusion, operating_metrics, log_loss, brier,
+                                   calibration_bins, ece, fit_temperature, apply_temperature, choose_threshold, cluster_bootstrap,
+                                   bootstrap_ci, split_metrics, evaluate_predictions, make_standin_run, run_evaluate, evaluate_main,
+                                   usable_rows)
+
+def _cases():
+    "Fixed (seeded) label/score pairs: continuous scores, heavy ties, imbalance, tiny samples."
+    rng = np.random.default_rng(123)
+    out = []
+    for n, prev, tie in [(12, .5, None), (200, .3, None), (200, .3, 10), (500, .05, 20), (7, .4, 3), (1000, .5, None)]:
+        y = (rng.random(n) < prev).astype(int); y[0], y[1] = 0, 1
+        p = np.clip(rng.normal(0.35 + 0.3*y, 0.2), 0.001, 0.999)
+        if tie: p = np.round(p*tie)/tie
+        p = np.clip(p, 0.001, 0.999)
+        out.append((y, p))
+    return out
+
+CASES = _cases()
+
+@pytest.mark.parametrize('y,p', CASES)
+def test_ranking_metrics_match_sklearn(y, p):
+    assert roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    fpr, tpr, thr = roc_curve(y, p)
+    sf, st, sth = skm.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sf); np.testing.assert_allclose(tpr, st); np.testing.assert_allclose(thr[1:], sth[1:])
+    prec, rec, t = pr_curve(y, p)
+    sp, sr, spt = skm.precision_recall_curve(y, p, drop_intermediate=False)
+    # scikit-learn lists thresholds ascending and appends (precision 1, recall 0)
+    np.testing.assert_allclose(prec, sp[:-1][::-1]); np.testing.assert_allclose(rec, sr[:-1][::-1]); np.testing.assert_allclose(t, spt[::-1])
+
+@pytest.mark.parametrize('y,p', CASES)
+@pytest.mark.parametrize('thr', [0.2, 0.5, 0.63])
+def test_operating_metrics_match_sklearn(y, p, thr):
+    pred = (p >= thr).astype(int)
+    om = operating_metrics(y, p, thr)
+    assert om['confusion'] == skm.confusion_matrix(y, pred, labels=[0, 1]).tolist()
+    assert om['sensitivity'] == pytest.approx(skm.recall_score(y, pred))
+    assert om['specificity'] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert om['accuracy'] == pytest.approx(skm.accuracy_score(y, pred))
+    if pred.sum(): assert om['ppv'] == pytest.approx(skm.precision_score(y, pred))
+    else: assert math.isnan(om['ppv'])
+    if (1-pred).sum(): assert om['npv'] == pytest.approx(skm.precision_score(y, pred, pos_label=0))
+    np.testing.assert_array_equal(confusion(y, pred), skm.confusion_matrix(y, pred, labels=[0, 1]))
+
+@pytest.mark.parametrize('y,p', CASES)
+def test_calibration_metrics_match_sklearn(y, p):
+    assert log_loss(y, p) == pytest.approx(skm.log_loss(y, p), rel=1e-9)
+    assert brier(y, p) == pytest.approx(skm.brier_score_loss(y, p), rel=1e-12)
+    t = calibration_bins(y, p); nz = t[t.n > 0]
+    st, sp = calibration_curve(y, p, n_bins=10)
+    np.testing.assert_allclose(nz.frac_pos, st); np.testing.assert_allclose(nz.mean_p, sp)
+    assert ece(y, p) == pytest.approx(np.sum(nz.n/nz.n.sum()*np.abs(st-sp)))
+
+def test_degenerate_inputs_give_nan_not_errors():
+    assert math.isnan(roc_auc([1, 1, 1], [.1, .2, .3])) and math.isnan(average_precision([0, 0], [.1, .2]))
+    om = operating_metrics([0, 0, 1], [.1, .2, .3], 0.9)
+    assert math.isnan(om['ppv']) and om['npv'] == pytest.approx(2/3)
+    sm = split_metrics([0, 0, 0, 0], [.1, .2, .3, .4], ['a', 'a', 'b', 'b'], .5, n_boot=30)
+    assert math.isnan(sm['auc']) and math.isnan(sm['ci']['auc']['lo']) and sm['notes']
+    th = choose_threshold([1, 1], [.2, .3])
+    assert th['method'] == 'default' and th['threshold'] == 0.5 and th['note']
+
+def test_temperature_fit_matches_grid_and_improves():
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 2, 3000); y = (rng.random(3000) < 1/(1+np.exp(-z))).astype(int)
+    for k in (0.5, 1.0, 2.5):
+        p = 1/(1+np.exp(-k*z))
+        T = fit_temperature(y, p)
+        grid = np.exp(np.linspace(-2, 2, 4001))
+        zz = np.log(p/(1-p))[None, :]/grid[:, None]                  # logits at each temperature
+        best = grid[np.argmin(np.mean(np.logaddexp(0, zz) - y*zz, axis=1))]   # NLL, written independently
+        assert T == pytest.approx(best, rel=2e-3)
+        assert skm.log_loss(y, apply_temperature(p, T)) <= skm.log_loss(y, p) + 1e-12
+
+@pytest.mark.parametrize('y,p', CASES)
+@pytest.mark.parametrize('target', [0.8, 0.9, 0.95, 1.0])
+def test_threshold_matches_bruteforce(y, p, target):
+    fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
+    got = choose_threshold(y, p, 'sensitivity', target)['threshold']
+    cands = [t for t, s in zip(thr, tpr) if s >= target - 1e-9 and np.isfinite(t)]
+    assert got == max(cands)
+    assert np.mean(p[y == 1] >= got) >= target - 1e-9
+    assert choose_threshold(y, p, 'youden')['threshold'] == thr[np.argmax(tpr - fpr)]
+
+def test_cluster_bootstrap_keeps_patients_whole_and_is_seeded():
+    g = np.array(['a', 'a', 'b', 'c', 'c', 'c', 'd'])
+    size = pd.Series(g).value_counts()
+    for idx in cluster_bootstrap(g, 200, seed=3):
+        counts = pd.Series(g[idx]).value_counts()
+        assert all(counts[k] % size[k] == 0 for k in counts.index)
+    a = [i.tolist() for i in cluster_bootstrap(g, 5, seed=9)]; b = [i.tolist() for i in cluster_bootstrap(g, 5, seed=9)]
+    assert a == b
+    ci = bootstrap_ci(lambda i: dict(m=float(np.mean(i))), g, 100, seed=1)
+    assert ci['m']['n_valid'] == 100 and ci['m']['lo'] <= ci['m']['hi']
+
+def _pred_tables(seed=0, n_pat=40):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_pat):
+        dr = rng.random() < .4
+        for eye in ('left', 'right'):
+            lab = int(dr and rng.random() < .8)
+            rows.append(dict(id=f'{i}_{eye}', patient=str(i), eye=eye, split='valid' if i < n_pat//2 else 'test', label=lab,
+                             prob=float(np.clip(rng.normal(.35+.3*lab, .15), .01, .99)), quality_group=rng.choice(['EyeQ Good', 'EyeQ Usable', 'automatic only'])))
+    d = pd.DataFrame(rows); d['prob_tta'] = np.clip(d.prob + rng.normal(0, .02, len(d)), .01, .99)
+    return d[d.split == 'valid'], d[d.split == 'test']
+
+@pytest.mark.parametrize('method', ['sensitivity', 'youden'])
+def test_threshold_independent_of_test_data(method):
+    valid, test = _pred_tables()
+    ecfg = EvaluateConfig(threshold_method=method, bootstrap=50)
+    ref = evaluate_predictions(valid, test, ecfg)
+    rng = np.random.default_rng(2)
+    altered = [test.assign(label=rng.permutation(test.label.values)), test.assign(label=1-test.label), test.assign(label=0),
+               test.assign(prob=rng.random(len(test))), test.assign(prob=1-test.prob), test.iloc[::-1], test.iloc[:4],
+               pd.concat([test, test.assign(patient=test.patient+'x')])]
+    for t in altered:
+        r = evaluate_predictions(valid, t, ecfg)
+        assert r['threshold'] == ref['threshold']
+        assert r['calibration']['temperature'] == ref['calibration']['temperature']
+    # while the validation split does move it
+    v2 = valid.assign(prob=np.where(valid.label == 1, valid.prob*.5, valid.prob))
+    assert evaluate_predictions(v2, test, ecfg)['threshold']['threshold'] != ref['threshold']['threshold']
+
+@pytest.fixture(scope='module')
+def standin(tmp_path_factory):
+    return make_standin_run(tmp_path_factory.mktemp('standin'), n_patients=24, size=64)
+
+def _copy_run(src, dst):
+    shutil.copytree(src, dst)
+    df = pd.read_csv(dst/'preprocessed.csv', dtype=str, keep_default_na=False)
+    for c in ('path', 'prep_path'): df[c] = df[c].str.replace(str(src), str(dst), regex=False)
+    df.to_csv(dst/'preprocessed.csv', index=False)
+    return df
+
+def test_run_evaluate_threshold_ignores_test_split(standin, tmp_path):
+    cfg = load_config(overrides={'evaluate.bootstrap': 50})
+    a, b = tmp_path/'a', tmp_path/'b'
+    _copy_run(standin, a); df = _copy_run(standin, b)
+    ma = run_evaluate(cfg, a)
+    # alter everything about the test split: flipped labels and the images swapped for others
+    te = df.split == 'test'
+    df.loc[te & (df.excluded == ''), 'label'] = (1 - pd.to_numeric(df.loc[te & (df.excluded == ''), 'label'])).astype(str)
+    df.loc[te, 'prep_path'] = df.loc[te, 'prep_path'].sample(frac=1, random_state=0).values[::-1]
+    df.to_csv(b/'preprocessed.csv', index=False)
+    mb = run_evaluate(cfg, b)
+    ja, jb = [json.loads((d/'model/model.json').read_text()) for d in (a, b)]
+    assert ja['threshold'] == jb['threshold'] == ma['threshold']['threshold'] == mb['threshold']['threshold']
+    assert ja['evaluation']['temperature'] == jb['evaluation']['temperature']
+    assert ma['test']['confusion'] != mb['test']['confusion']      # the test numbers did change
+    for f in ('metrics.json', 'MODEL_CARD.md', 'roc.png', 'pr.png', 'confusion.png', 'reliability.png', 'cam.png', 'predictions.csv'):
+        assert (a/f).exists(), f
+    card = (a/'MODEL_CARD.md').read_text()
+    assert 'SYNTHETIC DATA' in card and 'not a diagnosis' in card
+    m = json.loads((a/'metrics.json').read_text())
+    assert f"{m['test']['auc']:.3f}" in card and f"{m['threshold']['threshold']:.4g}" in card   # numbers come from metrics.json
+    assert m['threshold']['chosen_on'] == 'valid' and m['dataset']['synthetic'] is True
+
+def test_dr_evaluate_cli(standin, tmp_path, capsys):
+    run = tmp_path/'run'; df = _copy_run(standin, run)
+    run_evaluate(load_config(overrides={'evaluate.bootstrap': 20}), run)
+    before = (run/'model/model.json').read_text()
+    assert evaluate_main(['--model', str(run/'model'), '--manifest', str(run/'preprocessed.csv'), '--out', str(tmp_path/'o1'), '--bootstrap', '20']) is None
+    m = json.loads((tmp_path/'o1'/'metrics.json').read_text())
+    assert (run/'model/model.json').read_text() == before            # scoring never moves the threshold
+    assert m['dataset']['split'] == 'test' and m['threshold_from_model']
+    assert 'AUC' in capsys.readouterr().out
+    assert (tmp_path/'o1'/'MODEL_CARD.md').exists() and (tmp_path/'o1'/'metrics.json').exists()
+    # a new dataset without splits or labels: every usable row predicted
+    new = df.drop(columns=['split', 'label', 'grade']); new.to_csv(tmp_path/'new.csv', index=False)
+    evaluate_main(['--model', str(run/'model'), '--manifest', str(tmp_path/'new.csv'), '--out', str(tmp_path/'o2')])
+    pred = pd.read_csv(tmp_path/'o2'/'predictions.csv')
+    assert len(pred) == len(usable_rows(df)) and not (tmp_path/'o2'/'metrics.json').exists() and pred.pred.isin([0, 1]).all()
+    assert 'predictions only' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        evaluate_main(['--model', str(tmp_path), '--manifest', str(tmp_path/'new.csv'), '--out', str(tmp_path/'o3')])
+
+def test_dr_evaluate_prepares_raw_photos(standin, tmp_path):
+    pytest.importorskip('dr_detection.preprocess')
+    run = tmp_path/'run'; df = _copy_run(standin, run)
+    raw = df.drop(columns=['prep_path', 'prep_error']); raw.to_csv(tmp_path/'raw.csv', index=False)
+    evaluate_main(['--model', str(run/'model'), '--manifest', str(tmp_path/'raw.csv'), '--out', str(tmp_path/'o'), '--bootstrap', '20', '--split', 'all'])
+    m = json.loads((tmp_path/'o'/'metrics.json').read_text())
+    pred = pd.read_csv(tmp_path/'o'/'predictions.csv')
+    assert len(pred) == len(usable_rows(df)) and m['test']['n'] == len(pred) and pred.prob.between(0, 1).all()
