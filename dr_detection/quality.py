@@ -46,7 +46,7 @@ _CROSS = ndi.generate_binary_structure(2, 1)
 def _largest(fg:np.ndarray) -> np.ndarray:
     "Largest connected region of boolean `fg` (all False if none)."
     lab, n = ndi.label(fg, _CROSS)
-    if n == 0: return fg
+    if n <= 1: return fg  # (most fundus masks: one region, nothing to count)
     counts = np.bincount(lab.ravel()); counts[0] = 0
     return lab == counts.argmax()
 
@@ -55,6 +55,14 @@ def fill_rows(m:np.ndarray) -> np.ndarray:
     cols = np.arange(m.shape[1])
     left, right = m.argmax(1), m.shape[1] - 1 - m[:, ::-1].argmax(1)
     return (cols >= left[:, None]) & (cols <= right[:, None]) & m.any(1)[:, None]
+
+def _is_filled_region(m:np.ndarray) -> bool:
+    "Whether `m` is one 4-connected region whose rows are single runs: then it is its own largest region, already filled (most fundus masks; much cheaper to test than to label)."
+    rows = np.flatnonzero(m.any(1))
+    if len(rows) == 0 or rows[-1] - rows[0] + 1 != len(rows): return False  # empty, or a gap between rows
+    m = m[rows[0]:rows[-1] + 1]
+    runs = np.count_nonzero(m[:, 1:] > m[:, :-1]) + np.count_nonzero(m[:, 0])  # starts of runs of True
+    return runs == len(m) and bool((m[1:] & m[:-1]).any(1).all())  # one run per row, each touching the next
 
 def _erode(m:np.ndarray, k:int=1) -> np.ndarray:
     "`m` eroded by a cross of arm `k` (exact for row- and column-convex masks such as a disc; slicing is several times faster than `ndi.binary_erosion` on small masks)."
@@ -77,22 +85,25 @@ def retina_mask(arr:np.ndarray, frac:float=0.35, floor:float=4, bin:int=1) -> np
         v = ndi.uniform_filter(v, 3)
         fg = v > max(floor, frac*_otsu(v))
         if min(fg.shape) >= 32: fg = _dilate(_erode(fg))  # opening: cuts thin bridges to background noise
-    return fill_rows(_largest(fg)) if fg.any() else fg
+    return fg if _is_filled_region(fg) or not fg.any() else fill_rows(_largest(fg))
 
 # %% ../nbs/01_quality.ipynb #c013
 def fit_disc(mask:np.ndarray, border:int=2) -> dict|None:
     "Ellipse fitted to the edge of `mask` away from the image border: dict(cx, cy, rx, ry, fit, inside) in pixels, or None."
     H, W = mask.shape
-    edge = mask & ~_erode(mask)
-    edge[:border] = edge[-border:] = False; edge[:, :border] = edge[:, -border:] = False
+    b = max(1, border)
+    r, c, r0, c0 = slice(b, H-b), slice(b, W-b), slice(b-1, H-b-1), slice(b-1, W-b-1)   # the mask away from the border
+    r1, c1 = slice(b+1, H-b+1), slice(b+1, W-b+1)
+    edge = mask[r, c] & ~(mask[r0, c] & mask[r1, c] & mask[r, c0] & mask[r, c1])  # a mask pixel with a 4-neighbour outside
     y, x = np.nonzero(edge)
     if len(x) < 12: return None
     s0 = max(H, W)/2
-    x, y = (x - W/2)/s0, (y - H/2)/s0  # centred and scaled: a well-conditioned least-squares problem
-    A = np.stack([x*x, y*y, x, y], 1)
-    try: p = np.linalg.solve(A.T @ A, A.sum(0))  # least squares of A p = 1 (normal equations: 4x4)
+    x, y = (x + (b - W/2))/s0, (y + (b - H/2))/s0  # centred and scaled: a well-conditioned least-squares problem
+    A = np.ascontiguousarray(np.array([x*x, y*y, x, y]).T)  # (like np.stack, much cheaper)
+    try: p = np.linalg.solve(A.T @ A, A.sum(0)).tolist()  # least squares of A p = 1 (normal equations: 4x4)
     except np.linalg.LinAlgError: return None
-    sg = np.sign(p[0]); a, c, d, e = p*sg   # a x² + c y² + d x + e y = sg
+    sg = 1. if p[0] > 0 else -1. if p[0] < 0 else 0.
+    a, c, d, e = (v*sg for v in p)   # a x² + c y² + d x + e y = sg
     if a <= 0 or c <= 0: return None          # not an ellipse
     cx, cy = -d/(2*a), -e/(2*c)
     k = sg + a*cx*cx + c*cy*cy
@@ -110,6 +121,12 @@ def find_disc(arr:np.ndarray) -> dict|None:
 
 # %% ../nbs/01_quality.ipynb #c018
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_LUMA_64 = _LUMA.tolist()  # the same weights as Python floats
+
+def _mean_var(v:np.ndarray) -> tuple[float, float]:
+    "Mean and variance of the integer-valued array `v`, from exact sums (float64 holds them exactly up to 2**53)."
+    n, s, ss = v.size, int(v.sum()), int(v @ v)
+    return s/n, (n*ss - s*s)/(n*n)
 
 def retina_measures(arr:np.ndarray, mask:np.ndarray) -> dict:
     "Brightness (mean luma), contrast (std of green) and focus (variance of the Laplacian of green) of RGB `arr` inside `mask` (same size or 1/n of it)."
@@ -117,18 +134,20 @@ def retina_measures(arr:np.ndarray, mask:np.ndarray) -> dict:
     (mh, mw), f = mask.shape, max(1, round(H/mask.shape[0]))  # the mask may be computed at 1/f resolution
     if not mask.any(): mask = np.ones(mask.shape, bool)
     sub = arr[:mh*f:f, :mw*f:f]
-    px = sub[mask]  # N x 3
-    out = dict(brightness=float((px @ _LUMA).mean()), contrast=float(px[:, 1].std()), focus=float('nan'))
+    g = sub[..., 1][mask].astype(np.float64)  # one channel at a time: far cheaper than an N x 3 selection
+    rs, bs = (int(sub[..., i][mask].sum(dtype=np.int64)) for i in (0, 2))
+    gm, gv = _mean_var(g)
+    out = dict(brightness=(_LUMA_64[0]*rs + _LUMA_64[2]*bs)/g.size + _LUMA_64[1]*gm, contrast=math.sqrt(gv), focus=float('nan'))
     inner = _erode(mask, math.ceil(max(4, 0.085*min(H, W))/f))  # stay away from the dark rim of the disc (~6% of the disc on diagonals)
     # the Laplacian at full resolution, evaluated at one pixel of each mask cell (f x f block): the same statistic, f² times cheaper
-    g, o = arr[..., 1].astype(np.float32), f//2
+    g, o = arr[..., 1].astype(np.int16), f//2
     i0, j0 = (1, 1) if o == 0 else (0, 0)
     i1, j1 = min(mh, (H - 2 - o)//f + 1), min(mw, (W - 2 - o)//f + 1)
     r, c = slice(f*i0 + o, f*(i1 - 1) + o + 1, f), slice(f*j0 + o, f*(j1 - 1) + o + 1, f)
     sh = lambda s, d: slice(s.start + d, s.stop + d, f)
-    lap = 4*g[r, c] - g[sh(r, -1), c] - g[sh(r, 1), c] - g[r, sh(c, -1)] - g[r, sh(c, 1)]  # 4-neighbour Laplacian
+    lap = 4*g[r, c] - (g[sh(r, -1), c] + g[sh(r, 1), c] + g[r, sh(c, -1)] + g[r, sh(c, 1)])  # 4-neighbour Laplacian (exact, int16)
     inner = inner[i0:i1, j0:j1]
-    if inner.sum() >= 50: out['focus'] = float(lap[inner].var())
+    if np.count_nonzero(inner) >= 50: out['focus'] = _mean_var(lap[inner].astype(np.float64))[1]
     return out
 
 # %% ../nbs/01_quality.ipynb #c021
@@ -151,9 +170,9 @@ def check_image(src, decode_size:int=128, min_size:int=64, min_field_frac:float=
     reasons = ['too_small'] if min(w, h) < min_size else []
     arr = np.asarray(im)
     mask = retina_mask(arr, bin=2 if min(arr.shape[:2]) >= 80 else 1)  # geometry at half resolution: as good, 4x cheaper
-    disc = fit_disc(mask) if mask.any() else None
     H, W = mask.shape
-    meas['field_frac'] = float(mask.mean())
+    disc = fit_disc(mask)
+    meas['field_frac'] = np.count_nonzero(mask)/mask.size
     if disc is not None:
         meas.update(disc_fit=disc['fit'], disc_inside=disc['inside'],
                     centre_offset=float(max(abs(disc['cx'] - W/2)/(W/2), abs(disc['cy'] - H/2)/(H/2))))
