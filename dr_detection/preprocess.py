@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter, ImageOps
 from scipy import ndimage as ndi
-from .quality import retina_mask
+from .quality import retina_mask, _erode
 
 # %% ../nbs/02_preprocess.ipynb #c009
 def load_image(src, min_side:int|None=None) -> Image.Image:
@@ -80,7 +80,7 @@ def locate_disc(img:Image.Image, work:int=256) -> Disc:
     ys, xs = np.nonzero(m)
     bx0, bx1, by0, by1 = xs.min(), xs.max()+1, ys.min(), ys.max()+1
     bbox = Disc(f*(bx0+bx1)/2, f*(by0+by1)/2, f*max(bx1-bx0, by1-by0)/2, 'bbox')
-    ey, ex = np.nonzero(m & ~ndi.binary_erosion(m))
+    ey, ex = np.nonzero(m & ~_erode(m))   # edge pixels (the border rows/columns, where erosions differ, are dropped below)
     keep = (ex > 2) & (ex < w-3) & (ey > 2) & (ey < h-3)   # not where the frame clips the disc
     ex, ey = ex[keep] + 0.5, ey[keep] + 0.5
     if len(ex) < 12: bbox.reason = 'too few edge points for a circle'; return bbox

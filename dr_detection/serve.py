@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['FORMATS', 'MAX_PIXELS', 'ROUTES', 'log', 'PAGE', 'BadInput', 'check_upload', 'find_metrics', 'file_digest',
-           'colorize', 'cam_overlay', 'png_base64', 'ServedModel', 'Timing', 'Prediction', 'BatchItem', 'BatchResponse',
-           'Health', 'Ready', 'ModelInfo', 'Problem', 'Metrics', 'Guard', 'create_app', 'main', 'run_serve']
+           'png_base64', 'ServedModel', 'Timing', 'Prediction', 'BatchItem', 'BatchResponse', 'Health', 'Ready',
+           'ModelInfo', 'Problem', 'Metrics', 'Guard', 'create_app', 'main', 'run_serve']
 
 # %% ../nbs/05_serve.ipynb #c004
 import base64, hashlib, inspect, io, json, logging, os, time, warnings
@@ -61,28 +61,14 @@ def file_digest(path, n=12) -> str:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()[:n]
 
-# %% ../nbs/05_serve.ipynb #c016
-_STOPS = np.array([[0, 0, 0.5], [0, 0.3, 1], [0, 0.9, 0.9], [0.5, 1, 0.3], [1, 0.9, 0], [1, 0.3, 0], [0.6, 0, 0]])
-
-def colorize(heat:np.ndarray) -> np.ndarray:
-    "Map values in [0,1] to RGB uint8 with a jet-like colour scale (blue = low, red = high)."
-    x = np.clip(heat, 0, 1) * (len(_STOPS) - 1)
-    i = np.minimum(x.astype(int), len(_STOPS) - 2); f = (x - i)[..., None]
-    return ((_STOPS[i] * (1 - f) + _STOPS[i + 1] * f) * 255).astype(np.uint8)
-
-def cam_overlay(photo:Image.Image, cam:np.ndarray, alpha:float=0.45) -> Image.Image:
-    "The class-activation map `cam` (raw, h x w), scaled to [0,1] and resized, blended over `photo`."
-    c = np.maximum(cam.astype(np.float32), 0)
-    c = c / c.max() if c.max() > 0 else c
-    c = np.asarray(Image.fromarray(c, mode='F').resize(photo.size, Image.BILINEAR))
-    heat = Image.fromarray(colorize(c))
-    return Image.blend(photo.convert('RGB'), heat, alpha)
+# %% ../nbs/05_serve.ipynb #c017
+from .evaluate import cam_overlay, model_cam_scale
 
 def png_base64(img:Image.Image) -> str:
     "The image as a base64 PNG string."
     b = io.BytesIO(); img.save(b, 'PNG', optimize=False); return base64.b64encode(b.getvalue()).decode()
 
-# %% ../nbs/05_serve.ipynb #c018
+# %% ../nbs/05_serve.ipynb #c019
 class ServedModel:
     "A model folder (model.json + model.onnx) ready to predict with onnxruntime; `threads` = onnxruntime intra-op threads (0 = all cores)."
     def __init__(self, model_dir, threads:int=0):
@@ -99,18 +85,21 @@ class ServedModel:
         self.size = int(self.meta['input_size'])
         norm = self.meta.get('normalize', {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225]})
         self.mean, self.std = np.array(norm['mean'], np.float32), np.array(norm['std'], np.float32)
+        self._lut = (np.arange(256, dtype=np.float32)[:, None] / 255 - self.mean) / self.std  # [256,3]: the same float32 arithmetic, per possible value
         self.prep_kw = {**_kwargs_for(prepare_file, self.meta.get('preprocess', {})), 'size': self.size}
         pc = (self.meta.get('config') or {}).get('preprocess') or {}
         self.cache_kw = dict(fmt=pc.get('format', 'jpeg'), jpeg_quality=int(pc.get('jpeg_quality', 95)))
         self.quality_kw = _kwargs_for(check_image, self.meta.get('quality', {}))
         self.class_names = self.meta.get('class_names', ['No DR', 'DR'])
         self.threshold = float(self.meta.get('threshold', 0.5))
+        self.cam_scale = model_cam_scale(self.meta)  # fixed heatmap scale: 04_evaluate's, else from cam_bias
         self.version = f"{self.meta.get('arch', 'model')}-{file_digest(onnx_path)}"
         self.metrics = find_metrics(self.dir)
 
     def to_input(self, photo:Image.Image) -> np.ndarray:
-        "Prepared RGB photo -> float32 array [3,S,S]: RGB/255, normalised with model.json's mean and std (as 04_evaluate does)."
-        return ((np.asarray(photo, np.float32) / 255 - self.mean) / self.std).transpose(2, 0, 1)
+        "Prepared RGB photo -> float32 array [3,S,S]: RGB/255, normalised with model.json's mean and std (as 04_evaluate does; a table lookup, bit-identical)."
+        a = np.asarray(photo)
+        return np.stack([self._lut[a[..., c], c] for c in range(3)])
 
     def run(self, x:np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         "onnxruntime on a batch `x` [N,3,S,S]: probabilities [N] and raw CAMs [N,h,w]."
@@ -151,7 +140,7 @@ class ServedModel:
                    gradable=bool(q['ok']), reasons=list(q['reasons']), quality=_clean_measures(q.get('measures', {})),
                    model_version=self.version, heatmap_png=None)
         if explain:
-            t2 = time.perf_counter(); out['heatmap_png'] = png_base64(cam_overlay(ctx['photo'], cam)); t['explain'] = time.perf_counter() - t2
+            t2 = time.perf_counter(); out['heatmap_png'] = png_base64(Image.fromarray(cam_overlay(ctx['photo'], cam, self.cam_scale))); t['explain'] = time.perf_counter() - t2
         t['total'] = time.perf_counter() - ctx['t0']
         out['timing_ms'] = {k: round(v * 1000, 2) for k, v in t.items()}
         return out
@@ -174,7 +163,7 @@ def _clean_measures(m:dict) -> dict:
         out[k] = f if np.isfinite(f) else None
     return out
 
-# %% ../nbs/05_serve.ipynb #c028
+# %% ../nbs/05_serve.ipynb #c029
 class Timing(BaseModel):
     "Milliseconds spent in each step of one prediction."
     quality: float = 0; preprocess: float = 0; inference: float = 0; explain: float = 0; total: float = 0
@@ -191,7 +180,7 @@ class Prediction(BaseModel):
     quality: dict[str, Optional[float]] = Field(description="quality measures of 01_quality")
     model_version: str
     timing_ms: Timing
-    heatmap_png: Optional[str] = Field(None, description="with ?explain=true: base64 PNG of the class-activation map over the prepared photo")
+    heatmap_png: Optional[str] = Field(None, description="with ?explain=true: base64 PNG of the class-activation map over the prepared photo: evidence for DR on the model's fixed scale (model.json cam_scale), none = photo unchanged")
 
 class BatchItem(BaseModel):
     "One file of a batch: its prediction, or the error it got."
@@ -228,12 +217,13 @@ class ModelInfo(BaseModel):
     code_version: Optional[str] = None
     created: Optional[str] = None
     metrics: Optional[dict] = Field(None, description="test-split metrics from metrics.json (None if 04_evaluate has not run)")
+    cam_scale: Optional[float] = Field(None, description="the heatmap's fixed scale: CAM values >= this show at full strength (04_evaluate's, else derived from cam_bias)")
 
 class Problem(BaseModel):
     "An error: what was wrong with the request."
     detail: str
 
-# %% ../nbs/05_serve.ipynb #c030
+# %% ../nbs/05_serve.ipynb #c031
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST
 
 ROUTES = ('/', '/predict', '/predict/batch', '/health', '/ready', '/model', '/metrics', '/docs', '/openapi.json')
@@ -293,7 +283,7 @@ class Guard:
             self.metrics.requests.labels(route, scope['method'], str(state['status'])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
 
-# %% ../nbs/05_serve.ipynb #c032
+# %% ../nbs/05_serve.ipynb #c033
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -315,7 +305,7 @@ def _settings(max_upload_mb, max_pixels, concurrency, threads, max_batch_files) 
         raise ValueError(f"invalid service settings: {s}")
     return s
 
-# %% ../nbs/05_serve.ipynb #c033
+# %% ../nbs/05_serve.ipynb #c034
 def _local_docs(app) -> bool:
     "Serve /docs (Swagger UI) from the `swagger-ui-bundle` package, not a CDN: the service may have no internet. False if it is absent."
     try: from swagger_ui_bundle import swagger_ui_path
@@ -425,14 +415,15 @@ def create_app(model_dir, max_upload_mb:float|None=None, max_pixels:int|None=Non
         return ModelInfo(model_version=model.version, arch=m.get('arch'), input_size=model.size, class_names=model.class_names,
                          threshold=model.threshold, threshold_source=m.get('threshold_source'), preprocess=m.get('preprocess', {}),
                          normalize=m.get('normalize', {}), quality=m.get('quality', {}), training=m.get('training', {}) or {},
-                         code_version=m.get('code_version'), created=m.get('created'), metrics=model.metrics)
+                         code_version=m.get('code_version'), created=m.get('created'), metrics=model.metrics,
+                         cam_scale=model.cam_scale)
 
     @app.get('/metrics', summary='Prometheus metrics', response_class=Response)
     async def prom(): return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
-# %% ../nbs/05_serve.ipynb #c035
+# %% ../nbs/05_serve.ipynb #c036
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>dr-detection · DR screening aid</title>
@@ -466,7 +457,7 @@ PAGE = """<!doctype html>
   <table class="cap"><tr><td>model</td><td id="version"></td></tr><tr><td>time</td><td id="timing"></td></tr></table>
  </div>
  <div class="card"><img id="photo" alt="uploaded photo"><div class="cap">Uploaded photo</div></div>
- <div class="card"><img id="heatmap" alt="class-activation heatmap over the photo"><div class="cap">Where the model looked: class-activation map for DR over the photo as the model saw it (red = strongest evidence for DR; all blue = none anywhere).</div></div>
+ <div class="card"><img id="heatmap" alt="class-activation heatmap over the photo"><div class="cap">Where the model looked: class-activation map for DR over the photo as the model saw it (yellow to magenta = evidence for DR, on one fixed scale for every photo; no colour = no evidence for DR there).</div></div>
 </div>
 <script>
 const $ = id => document.getElementById(id);
@@ -501,7 +492,7 @@ function fail(msg) { $('status').textContent = ''; const e = $('error'); e.textC
 </script></body></html>
 """
 
-# %% ../nbs/05_serve.ipynb #c039
+# %% ../nbs/05_serve.ipynb #c040
 def main(argv=None):
     "Command line: `dr-serve --model runs/demo/model --port 8000`."
     import argparse, uvicorn
@@ -521,7 +512,7 @@ def main(argv=None):
     print(f"dr-serve: model {app.state.model.version} from {a.model}; open http://{'localhost' if a.host in ('0.0.0.0', '127.0.0.1') else a.host}:{a.port}", flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, timeout_graceful_shutdown=5)
 
-# %% ../nbs/05_serve.ipynb #c043
+# %% ../nbs/05_serve.ipynb #c044
 def run_serve(cfg, run_dir, max_photos:int=200) -> dict:
     "Stage 05: every test photo of `run_dir` through POST /predict of the app; served vs evaluated probabilities into `serve_check.json`."
     import pandas as pd

@@ -9,7 +9,7 @@ from dr_detection.data import load_config, EvaluateConfig
 from dr_detection.evaluate import (roc_auc, roc_curve, pr_curve, average_precision, confusion, operating_metrics, log_loss, brier,
                                    calibration_bins, ece, fit_temperature, apply_temperature, choose_threshold, cluster_bootstrap,
                                    bootstrap_ci, split_metrics, evaluate_predictions, make_standin_run, run_evaluate, evaluate_main,
-                                   usable_rows)
+                                   usable_rows, cam_heat, cam_overlay, cam_scale, model_cam_scale)
 
 def _cases():
     "Fixed (seeded) label/score pairs: continuous scores, heavy ties, imbalance, tiny samples."
@@ -156,6 +156,7 @@ def test_run_evaluate_threshold_ignores_test_split(standin, tmp_path):
     ja, jb = [json.loads((d/'model/model.json').read_text()) for d in (a, b)]
     assert ja['threshold'] == jb['threshold'] == ma['threshold']['threshold'] == mb['threshold']['threshold']
     assert ja['evaluation']['temperature'] == jb['evaluation']['temperature']
+    assert ja['cam_scale'] == jb['cam_scale'] == ma['cam_display']['scale'] > 0   # the CAM display scale: valid split only, too
     assert ma['test']['confusion'] != mb['test']['confusion']      # the test numbers did change
     for f in ('metrics.json', 'MODEL_CARD.md', 'roc.png', 'pr.png', 'confusion.png', 'reliability.png', 'cam.png', 'predictions.csv'):
         assert (a/f).exists(), f
@@ -192,3 +193,15 @@ def test_dr_evaluate_prepares_raw_photos(standin, tmp_path):
     m = json.loads((tmp_path/'o'/'metrics.json').read_text())
     pred = pd.read_csv(tmp_path/'o'/'predictions.csv')
     assert len(pred) == len(usable_rows(df)) and m['test']['n'] == len(pred) and pred.prob.between(0, 1).all()
+
+def test_cam_display_fixed_scale():
+    "CAM heat is evidence for DR on the model's fixed scale: an all-negative (No-DR-like) map draws nothing, whatever its range."
+    img = np.full((32, 32, 3), 100, np.uint8)
+    for cam in (-np.ones((4, 4)), -np.arange(1., 17).reshape(4, 4), np.full((4, 4), -1e-3)):
+        assert cam_heat(cam, 5.).max() == 0 and (cam_overlay(img, cam, 5.) == img).all()
+    dr = np.zeros((4, 4)); dr[0, 0] = 5.
+    heat = cam_heat(dr, 5.); assert heat[0, 0] == 1 and heat.sum() == 1
+    assert np.array_equal(cam_overlay(img, dr, 5.), cam_overlay(img, dr * 10, 50.))   # only cam/scale matters
+    assert (cam_overlay(img, dr, 5.)[:4, :4] != img[:4, :4]).any() and (cam_overlay(img, dr, 5.)[-8:, -8:] == img[-8:, -8:]).all()
+    assert cam_scale(np.array([-5., 1, 2, 3]), 50) == 2 and cam_scale(-np.ones(3)) is None
+    assert model_cam_scale({'cam_scale': 3.}) == 3 and model_cam_scale({'onnx': {'cam_bias': math.log(19) - 2}}) == pytest.approx(8)

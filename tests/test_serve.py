@@ -43,6 +43,12 @@ def test_predict_explain(client):
     img = Image.open(io.BytesIO(base64.b64decode(j['heatmap_png'])))
     assert img.format == 'PNG' and img.size == (64, 64)
 
+def test_explain_uses_fixed_model_scale(client):
+    "The heatmap's scale is the model's (04_evaluate's cam_scale, else from cam_bias), never the photo's own min-max."
+    from dr_detection.evaluate import model_cam_scale
+    m = client.app.state.model
+    assert m.cam_scale == model_cam_scale(m.meta) > 0
+
 def test_same_answer_as_direct_model(client):
     "The HTTP answer is the model's answer for the same bytes (no hidden state between requests)."
     a = post(client, photos()['retina.jpeg']).json(); b = post(client, photos()['retina.jpeg']).json()
