@@ -10,19 +10,19 @@ __all__ = ['GRADE_P', 'BAD_KINDS', 'LESIONS', 'README', 'IMAGE_EXTS', 'expand_va
            'dataset_inputs', 'run_data', 'plot_class_balance', 'ReproduceError', 'stage_notebooks', 'reproduce',
            'reproduce_main']
 
-# %% ../nbs/00_data.ipynb #49474a2c
+# %% ../nbs/00_data.ipynb #c004
 import csv, io, json, math, os, re, shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-# %% ../nbs/00_data.ipynb #3fd073f8
+# %% ../nbs/00_data.ipynb #c007
 from typing import Literal, Optional, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator, ValidationInfo
 
-# %% ../nbs/00_data.ipynb #3f27c55a
+# %% ../nbs/00_data.ipynb #c008
 _VAR = re.compile(r'\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}')
 
 def expand_vars(s:str) -> str:
@@ -34,7 +34,7 @@ def expand_vars(s:str) -> str:
         raise ValueError(f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
     return _VAR.sub(rep, s)
 
-# %% ../nbs/00_data.ipynb #81567b9b
+# %% ../nbs/00_data.ipynb #c010
 def _resolve(v, info:ValidationInfo):
     "Expand variables and make `v` absolute against the config file's folder (from the validation context)."
     if v is None: return None
@@ -47,7 +47,7 @@ class _Section(BaseModel):
     "Base of every config section: unknown keys are errors."
     model_config = ConfigDict(extra='forbid', validate_assignment=True)
 
-# %% ../nbs/00_data.ipynb #eeb1ac11
+# %% ../nbs/00_data.ipynb #c011
 class DataConfig(_Section):
     "Where the photos and labels are, how grades map to classes, and how to split."
     source: Literal['demo', 'eyepacs'] = 'demo'  # demo: synthetic dataset made in the run folder
@@ -90,7 +90,7 @@ def _must_exist(p):
     if p is not None and not p.exists(): raise ValueError(f"path does not exist: {p}")
     return p
 
-# %% ../nbs/00_data.ipynb #6b47f62c
+# %% ../nbs/00_data.ipynb #c012
 class QualityConfig(_Section):
     "EyeQ policy and thresholds of the automatic quality check (01_quality; calibrated against EyeQ on real EyePACS photos)."
     keep_eyeq: list[int] = [0, 1]            # EyeQ classes kept: 0 Good, 1 Usable, 2 Reject
@@ -108,7 +108,7 @@ class QualityConfig(_Section):
     contrast_min: float = 6.0                # std of the green channel inside retina below this = flat
     workers: Optional[int] = None            # processes; None = all cores
 
-# %% ../nbs/00_data.ipynb #c6dcc64f
+# %% ../nbs/00_data.ipynb #c013
 class PreprocessConfig(_Section):
     "Crop to the retina, pad to square, resize; options of 02_preprocess."
     size: int = Field(512, ge=32)            # output side, px
@@ -120,7 +120,7 @@ class PreprocessConfig(_Section):
     jpeg_quality: int = Field(95, ge=50, le=100)
     workers: Optional[int] = None
 
-# %% ../nbs/00_data.ipynb #b97981aa
+# %% ../nbs/00_data.ipynb #c014
 class TrainConfig(_Section):
     "Model and training schedule (03_train)."
     arch: Literal['resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0'] = 'resnet50'
@@ -144,7 +144,7 @@ class TrainConfig(_Section):
     @classmethod
     def _weights(cls, v, info): return _must_exist(_resolve(v, info))
 
-# %% ../nbs/00_data.ipynb #1592f984
+# %% ../nbs/00_data.ipynb #c015
 class EvaluateConfig(_Section):
     "Operating point, bootstrap and calibration choices (04_evaluate)."
     threshold_method: Literal['sensitivity', 'youden'] = 'sensitivity'
@@ -154,7 +154,7 @@ class EvaluateConfig(_Section):
     temperature_scaling: bool = True
     n_cam: int = 4
 
-# %% ../nbs/00_data.ipynb #99f83da5
+# %% ../nbs/00_data.ipynb #c016
 class Config(_Section):
     "A whole run: one section per stage."
     name: str = 'smoke'
@@ -194,7 +194,7 @@ def load_config(path=None, overrides:dict|None=None) -> Config:
     try: return Config.model_validate(raw, context={'base': base})
     except ValidationError as e: raise ConfigError(_fmt_errors(e, src)) from None
 
-# %% ../nbs/00_data.ipynb #3274c695
+# %% ../nbs/00_data.ipynb #c022
 #: Grade prior for synthetic patients (EyePACS-like, but less imbalanced so the demo is learnable)
 GRADE_P = (0.45, 0.08, 0.12, 0.15, 0.20)
 #: Kinds of images written to `synthetic_truth.csv`; everything except `good` should be rejected by a quality check
@@ -206,7 +206,7 @@ LESIONS = {0: ((0, 0), (0, 0), (0, 0), (0, 0), (0, 0)),
            3: ((15, 35), (22, 40), (4, 7), (2, 6), (0, 0)),
            4: ((15, 35), (28, 50), (4, 8), (3, 8), (2, 5))}
 
-# %% ../nbs/00_data.ipynb #e87de3e4
+# %% ../nbs/00_data.ipynb #c023
 def _layer(size):
     "A blank 8-bit mask of `size` (w,h) and its `ImageDraw`."
     im = Image.new('L', size, 0)
@@ -274,7 +274,7 @@ def _vessel_mask(size, segs, to_img=lambda u, v: (u, v), ss=2):
     flush()
     return im.resize(size, Image.BOX) if ss > 1 else im
 
-# %% ../nbs/00_data.ipynb #8dab9803
+# %% ../nbs/00_data.ipynb #c024
 def _lesion_points(rng, n, fovea, centre, r, od, od_r, spread=0.45):
     "`n` lesion positions clustered around the posterior pole, inside the retina and off the optic disc."
     if n <= 0: return np.zeros((0, 2))
@@ -351,7 +351,7 @@ def _draw_lesions(rng, arr, grade, geo):
         _apply(arr, lay, 0.8, factor=(0.55, 0.45, 0.45), alpha=0.8)
     return arr
 
-# %% ../nbs/00_data.ipynb #b3f10d95
+# %% ../nbs/00_data.ipynb #c025
 def draw_fundus(rng, size=(2000, 1500), grade=0, eye='left', clip=None, shift=(0., 0.), brightness=None, blur=0., work_width=768):
     "Draw a synthetic fundus photograph of DR `grade` (0-4) for `eye`, returned as an RGB image of `size` (w,h)."
     W0, H0 = size
@@ -415,7 +415,7 @@ def draw_fundus(rng, size=(2000, 1500), grade=0, eye='left', clip=None, shift=(0
     if blur > 0: img = img.filter(ImageFilter.GaussianBlur(blur * ww))
     return img.resize((W0, H0), Image.BICUBIC)
 
-# %% ../nbs/00_data.ipynb #0d7f3d46
+# %% ../nbs/00_data.ipynb #c026
 def draw_outdoor(rng, size=(1600, 1200)):
     "A colourful synthetic outdoor-like scene (sky, sun, hills, trees, house): not a fundus photograph."
     w, h = size; ww, wh = 640, round(640 * h / w)
@@ -454,7 +454,7 @@ def draw_document(rng, size=(1200, 1600)):
             y += 90
     return img.filter(ImageFilter.GaussianBlur(0.5)).resize(size, Image.BICUBIC)
 
-# %% ../nbs/00_data.ipynb #857021a0
+# %% ../nbs/00_data.ipynb #c027
 def sample_plan(n_patients=40, seed=0, width_range=(1000, 3000), n_bad=True, p=GRADE_P):
     "Rows `dict(image, patient, eye, level, kind, size)` describing the synthetic data set (good patients, then bad ones)."
     rng = np.random.default_rng([seed, 0])
@@ -523,7 +523,7 @@ def make_sample_dataset(dest, n_patients=40, seed=0, width_range=(1000, 3000), e
                                                   frac=eyeq_frac, bad=','.join(BAD_KINDS)))
     return dest
 
-# %% ../nbs/00_data.ipynb #7b8cdbf4
+# %% ../nbs/00_data.ipynb #c033
 class LabelFileError(ValueError):
     "A label CSV that cannot be used as it is."
 
@@ -563,7 +563,7 @@ def _int_col(s:pd.Series, path, col, allowed) -> pd.Series:
         raise LabelFileError(f"{path}: `{col}` must be one of {sorted(allowed)}; bad values at {_examples(rows)}")
     return v.astype(int)
 
-# %% ../nbs/00_data.ipynb #64e40271
+# %% ../nbs/00_data.ipynb #c039
 IMAGE_EXTS = {'.jpeg', '.jpg', '.png', '.tif', '.tiff'}
 _ID = re.compile(r'^(?P<patient>.+)_(?P<eye>left|right)$')
 
@@ -586,14 +586,14 @@ def scan_images(folders) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=['id', 'path', 'duplicate'])
     return df
 
-# %% ../nbs/00_data.ipynb #00bce417
+# %% ../nbs/00_data.ipynb #c042
 def map_labels(grades:pd.Series, label_map:dict) -> tuple[pd.Series, pd.Series]:
     "Class for each grade per `label_map` (missing/None = excluded) and the exclusion reason ('' when kept)."
     lab = grades.map(lambda g: label_map.get(int(g)) if pd.notna(g) else None)
     reason = np.where(lab.isna(), grades.map(lambda g: f'grade {int(g)} excluded by label_map' if pd.notna(g) else 'no label'), '')
     return lab.astype('Int64'), pd.Series(reason, index=grades.index)
 
-# %% ../nbs/00_data.ipynb #0cbbc786
+# %% ../nbs/00_data.ipynb #c044
 def build_manifest(labels:pd.DataFrame, files:pd.DataFrame, label_map:dict, source:str='eyepacs') -> tuple[pd.DataFrame, dict]:
     "Join labels and files into one row per image with patient, eye, grade, label, exclusion reason; plus a report of mismatches."
     files_u = files[~files['duplicate']]
@@ -614,7 +614,7 @@ def build_manifest(labels:pd.DataFrame, files:pd.DataFrame, label_map:dict, sour
     report['excluded'] = m.excluded[m.excluded != ''].value_counts().to_dict()
     return m[['id', 'patient', 'eye', 'grade', 'label', 'excluded', 'source', 'path']], report
 
-# %% ../nbs/00_data.ipynb #631acabd
+# %% ../nbs/00_data.ipynb #c046
 def split_patients(m:pd.DataFrame, test_frac=0.2, valid_frac=0.2, seed=42) -> pd.Series:
     "Split name (`train`/`valid`/`test`) for each row of manifest `m`, by patient, stratified by the patient's highest class."
     pat = m.groupby('patient', sort=True)['label'].max()
@@ -628,7 +628,7 @@ def split_patients(m:pd.DataFrame, test_frac=0.2, valid_frac=0.2, seed=42) -> pd
         for i, p in enumerate(ps): split[p] = 'test' if i < n_test else 'valid' if i < n_test+n_valid else 'train'
     return m['patient'].map(split)
 
-# %% ../nbs/00_data.ipynb #ecc8dd20
+# %% ../nbs/00_data.ipynb #c048
 def demo_dir(run_dir) -> Path: return Path(run_dir)/'demo_data'
 
 def dataset_inputs(cfg:Config, run_dir) -> tuple[list[Path], Path, list[Path]]:
@@ -669,7 +669,7 @@ def plot_class_balance(m:pd.DataFrame, class_names, fname=None):
     if fname: fig.savefig(fname, dpi=100)
     return fig
 
-# %% ../nbs/00_data.ipynb #c4b45b27
+# %% ../nbs/00_data.ipynb #c056
 import sys, time
 
 class ReproduceError(RuntimeError):
