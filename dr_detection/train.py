@@ -35,10 +35,12 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import skm_to_fastai, ActivationType
 from fastai.optimizer import Adam
 from .data import Config, load_config
+from .quality import quality_kwargs
+from .preprocess import IMAGENET_STATS as IMAGENET, preprocess_params
 
 # %% ../nbs/03_train.ipynb #c007
 ARCHS = {'resnet18': 512, 'resnet34': 512, 'resnet50': 2048, 'efficientnet_lite0': 1280}  # arch -> channels of the last feature map
-IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+IMAGENET_STATS = (IMAGENET['mean'], IMAGENET['std'])  # 02_preprocess's ImageNet statistics, as (mean, std)
 TF_STATS = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # TensorFlow's (x-127)/128, what the EfficientNet-Lite weights were trained with
 
 def arch_stats(arch:str) -> tuple[list, list]:
@@ -301,28 +303,15 @@ def code_version() -> str:
     except Exception: sha, dirty = '', ''
     return __version__ + (f'+g{sha}' + ('.dirty' if dirty else '') if sha else '')
 
-def _preprocess_kwargs(cfg:Config) -> dict:
-    try:
-        from dr_detection.preprocess import preprocess_params
-        return preprocess_params(cfg.preprocess)
-    except ImportError:  # 02 not built: the config's own fields
-        return {k: v for k, v in cfg.preprocess.model_dump(mode='json').items() if k in ('size', 'ben_graham', 'ben_sigma_frac', 'mask', 'mask_frac')}
-
-def _quality_kwargs(cfg:Config) -> dict:
-    try:
-        from dr_detection.quality import quality_kwargs
-        return quality_kwargs(cfg.quality)
-    except ImportError: return cfg.quality.model_dump(mode='json')
-
 def sha256(fname) -> str: return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
 
 def model_meta(net:DRNet, cfg:Config, training:dict, cam_shape) -> dict:
     "The `model.json` dict for `net` trained with `cfg` (see the CONTRACT's keys)."
     mean, std = arch_stats(cfg.train.arch)
-    return dict(format_version=1, arch=cfg.train.arch, input_size=cfg.preprocess.size, preprocess=_preprocess_kwargs(cfg),
+    return dict(format_version=1, arch=cfg.train.arch, input_size=cfg.preprocess.size, preprocess=preprocess_params(cfg.preprocess),
                 normalize=dict(mean=mean, std=std, scale='RGB/255'), class_names=list(cfg.data.class_names),
                 threshold=0.5, threshold_source='default (04_evaluate sets it on the validation split)',
-                quality=_quality_kwargs(cfg),
+                quality=quality_kwargs(cfg.quality),
                 onnx=dict(file='model.onnx', input='image', outputs=['prob', 'cam'], opset=17, cam_shape=list(cam_shape),
                           cam_bias=net.cam_bias(), cam_note='sigmoid(mean(cam) + cam_bias) = prob'),
                 weights=dict(file='model.safetensors', format='safetensors'), training=training,
