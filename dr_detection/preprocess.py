@@ -60,8 +60,11 @@ def _ransac_circle(x, y, rmin, rmax, iters=256, seed=0):
     r = np.hypot(x1-ux, y1-uy)
     with np.errstate(invalid='ignore'):
         good = np.isfinite(r) & (r > rmin) & (r < rmax)
-        res = np.abs(np.hypot(x[None]-ux[:, None], y[None]-uy[:, None]) - r[:, None])
-        score = np.where(good, (res < np.maximum(1.5, 0.02*r)[:, None]).sum(1), -1)
+        t = np.maximum(1.5, 0.02*r)   # a point agrees if |distance - r| < t, i.e. (r-t)^2 < distance^2 < (r+t)^2
+        ux0, uy0 = np.where(good, ux, 0.), np.where(good, uy, 0.)
+        c = ux0*ux0 + uy0*uy0
+        d2 = np.stack([ux0, uy0, np.ones_like(c)], 1) @ np.stack([-2*x, -2*y, x*x + y*y])  # distance^2 - c, for all pairs in one matrix product
+        score = np.where(good, ((d2 > ((r-t)**2 - c)[:, None]) & (d2 < ((r+t)**2 - c)[:, None])).sum(1), -1)
     k = int(np.argmax(score))
     return float(ux[k]), float(uy[k]), float(r[k])
 
@@ -77,8 +80,8 @@ def locate_disc(img:Image.Image, work:int=256) -> Disc:
     area = m.mean()
     if area < 0.03: whole.reason = f'no retina found (bright region {area:.0%} of the image)'; return whole
     if area > 0.985: whole.reason = 'no dark frame around the retina'; return whole
-    ys, xs = np.nonzero(m)
-    bx0, bx1, by0, by1 = xs.min(), xs.max()+1, ys.min(), ys.max()+1
+    cols, rows = np.flatnonzero(m.any(0)), np.flatnonzero(m.any(1))
+    bx0, bx1, by0, by1 = cols[0], cols[-1]+1, rows[0], rows[-1]+1
     bbox = Disc(f*(bx0+bx1)/2, f*(by0+by1)/2, f*max(bx1-bx0, by1-by0)/2, 'bbox')
     ey, ex = np.nonzero(m & ~_erode(m))   # edge pixels (the border rows/columns, where erosions differ, are dropped below)
     keep = (ex > 2) & (ex < w-3) & (ey > 2) & (ey < h-3)   # not where the frame clips the disc
@@ -106,7 +109,7 @@ def locate_disc(img:Image.Image, work:int=256) -> Disc:
         return bbox
     return Disc(f*cx, f*cy, f*r, 'fit')
 
-# %% ../nbs/02_preprocess.ipynb #c017
+# %% ../nbs/02_preprocess.ipynb #c019
 def show_discs(imgs:dict, ncols:int=5, fname=None):
     "Grid of `{title: PIL image}` with the disc found by `locate_disc` drawn on each."
     import matplotlib.pyplot as plt
@@ -121,7 +124,7 @@ def show_discs(imgs:dict, ncols:int=5, fname=None):
     if fname: fig.savefig(fname, dpi=80)
     return fig
 
-# %% ../nbs/02_preprocess.ipynb #c020
+# %% ../nbs/02_preprocess.ipynb #c022
 def crop_to_disc(img:Image.Image, disc:Disc, size:int) -> Image.Image:
     "The disc's bounding square (side 2r, black where it leaves the image) resized to `size` x `size`."
     k = 2*disc.r/size                         # source pixels per output pixel
@@ -135,7 +138,7 @@ def crop_to_disc(img:Image.Image, disc:Disc, size:int) -> Image.Image:
         out.paste(part, (ox0, oy0))
     return out
 
-# %% ../nbs/02_preprocess.ipynb #c023
+# %% ../nbs/02_preprocess.ipynb #c025
 def subtract_local_average(img:Image.Image, sigma:float) -> Image.Image:
     "Ben Graham's contrast normalisation: 4*(img - GaussianBlur(img, sigma)) + 128, clipped to 0-255."
     a = np.asarray(img, dtype=np.int16)
@@ -150,7 +153,7 @@ def mask_circle(img:Image.Image, frac:float=0.95) -> Image.Image:
     a = np.asarray(img).copy(); a[~inside] = 0
     return Image.fromarray(a)
 
-# %% ../nbs/02_preprocess.ipynb #c026
+# %% ../nbs/02_preprocess.ipynb #c028
 def _to_pil(img) -> Image.Image:
     "PIL RGB image from a PIL image or an array (HxW or HxWx3/4; uint8, or float in 0-1)."
     if isinstance(img, Image.Image): return img if img.mode == 'RGB' else img.convert('RGB')
@@ -182,7 +185,7 @@ def prepare_file(src, size:int=512, ben_graham:bool=False, ben_sigma_frac:float=
     out = prepare(im, size, ben_graham, ben_sigma_frac, mask, mask_frac, disc=disc)
     return (out, disc) if with_disc else out
 
-# %% ../nbs/02_preprocess.ipynb #c030
+# %% ../nbs/02_preprocess.ipynb #c032
 def show_before_after(srcs:dict, size:int=256, options:list[dict]|None=None, fname=None):
     "Grid: each source (path, bytes or image) as given, then `prepare`d with each kwargs dict of `options`."
     import matplotlib.pyplot as plt
@@ -199,7 +202,7 @@ def show_before_after(srcs:dict, size:int=256, options:list[dict]|None=None, fna
     if fname: fig.savefig(fname, dpi=80)
     return fig
 
-# %% ../nbs/02_preprocess.ipynb #c033
+# %% ../nbs/02_preprocess.ipynb #c035
 def fill_stats(img:Image.Image) -> dict:
     "Is the disc centred and filling `img`? Retina fraction of the inscribed circle, black margins at mid-height, and deviation of the disc's edge from the inscribed circle."
     a = retina_mask(np.asarray(img))       # the same definition of "retina" as everywhere else
@@ -217,7 +220,7 @@ def fill_stats(img:Image.Image) -> dict:
     return dict(circle_fill=float(a[zone].mean()) if zone.any() else 0., margin_left=float(margins[0]), margin_right=float(margins[1]),
                 edge_error=float(max(errs)) if errs else 1.)
 
-# %% ../nbs/02_preprocess.ipynb #c036
+# %% ../nbs/02_preprocess.ipynb #c038
 PREP_VERSION = 1  # bump when the algorithm changes: every cached image is then rebuilt
 
 def preprocess_params(pcfg) -> dict:
@@ -226,7 +229,7 @@ def preprocess_params(pcfg) -> dict:
     return dict(size=int(g('size')), ben_graham=bool(g('ben_graham')), ben_sigma_frac=float(g('ben_sigma_frac')),
                 mask=bool(g('mask')), mask_frac=float(g('mask_frac')))
 
-# %% ../nbs/02_preprocess.ipynb #c039
+# %% ../nbs/02_preprocess.ipynb #c041
 def decode_speed(img:Image.Image, reps:int=20, jpeg_quality:int=95) -> dict:
     "Milliseconds to decode `img` stored as JPEG (`jpeg_quality`) and as PNG, and the file sizes (kB)."
     res = {}
@@ -238,7 +241,7 @@ def decode_speed(img:Image.Image, reps:int=20, jpeg_quality:int=95) -> dict:
     res['png_over_jpeg'] = res['png']['ms']/res['jpeg']['ms']
     return res
 
-# %% ../nbs/02_preprocess.ipynb #c042
+# %% ../nbs/02_preprocess.ipynb #c044
 def _stamp(src, params:dict, fmt:str, jpeg_quality:int) -> str:
     "Identity of a cached output: source file (path, size, mtime) and every parameter."
     st = os.stat(src)
@@ -270,7 +273,7 @@ def write_atomic(data:bytes, dest):
     finally:
         if tmp.exists(): tmp.unlink()
 
-# %% ../nbs/02_preprocess.ipynb #c045
+# %% ../nbs/02_preprocess.ipynb #c047
 def _channel_sums(img:Image.Image) -> list:
     "Pixel count, per-channel sum and sum of squares (of values/255) of an RGB image, on every other row and column (unbiased, 4x cheaper)."
     a = np.asarray(img)[::2, ::2].reshape(-1, 3)
@@ -307,7 +310,7 @@ def prepare_jobs(jobs:list, workers:int|None=None, progress:bool=True) -> list:
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         return list(tqdm(ex.map(_prep_job, jobs, chunksize=max(1, min(16, len(jobs)//(workers*8)))), **bar))
 
-# %% ../nbs/02_preprocess.ipynb #c047
+# %% ../nbs/02_preprocess.ipynb #c049
 IMAGENET_STATS = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
 def normalisation(sums:list) -> dict:
@@ -320,7 +323,7 @@ def normalisation(sums:list) -> dict:
     return dict(mean=[round(float(x), 5) for x in mean], std=[round(float(x), 5) for x in np.sqrt(np.maximum(var, 1e-12))],
                 source=f'train split, {len(sums)} prepared images')
 
-# %% ../nbs/02_preprocess.ipynb #c050
+# %% ../nbs/02_preprocess.ipynb #c052
 def _read_table(run_dir:Path) -> pd.DataFrame:
     "01's `quality.csv` as strings (unchanged when written back)."
     f = run_dir/'quality.csv'

@@ -54,6 +54,22 @@ def test_same_answer_as_direct_model(client):
     a = post(client, photos()['retina.jpeg']).json(); b = post(client, photos()['retina.jpeg']).json()
     assert a['probability'] == b['probability']
 
+def test_same_answer_alone_or_under_load(client):
+    "A photo alone in the service runs on the all-cores session, photos side by side on the one-thread one: the answers are identical."
+    from concurrent.futures import ThreadPoolExecutor
+    m = client.app.state.model
+    assert m.solo is not None
+    data = photos()['retina.jpeg']
+    alone = post(client, data).json()['probability']
+    calls = []
+    run = m.run
+    m.run = lambda x, alone=False: (calls.append(alone), run(x, alone))[1]
+    try:
+        with ThreadPoolExecutor(4) as ex: crowd = [r.json()['probability'] for r in ex.map(lambda _: post(client, data), range(8))]
+    finally: m.run = run
+    assert False in calls  # some of the 8 did run side by side
+    assert crowd == [alone] * 8
+
 def test_ungradable_still_answered(client):
     j = post(client, photos()['dark.jpeg']).json()
     assert j['gradable'] is False and j['reasons'] and j['label'] in ('DR', 'No DR')
