@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve.py --model runs/demo/model            # starts dr-serve on 127.0.0.1 itself
     .venv/bin/python benchmarks/serve.py --model runs/demo/model --url http://127.0.0.1:8000   # a server already running
+    .venv/bin/python benchmarks/serve.py --arch resnet50 --size 512 --photo P.jpeg   # an untrained model of another architecture/size
 
 Measures: p50/p95 latency of POST /predict at concurrency 1, throughput at concurrency 16, and two in-process baselines:
   A. raw onnxruntime inference alone, on the already prepared input (the baseline issue 7's targets name), in the better
@@ -123,24 +124,34 @@ def ort_batching(model_dir, data, cores, n) -> tuple[float, float]:
     return b8, b1
 
 def torch_vs_ort(model_dir, threads, n) -> tuple[float, float] | None:
-    """Seconds per image, batch 1, for PyTorch (from model.safetensors) and onnxruntime, with the same thread count: medians of
-    3 alternating rounds, each engine's idle threads given 0.5 s to stop spinning before the other runs."""
+    """Seconds per image, batch 1, for PyTorch (from model.safetensors) and onnxruntime, with the same thread count, medians of 3
+    rounds each. onnxruntime first, before torch is even imported: PyTorch's OpenMP threads keep spinning after its calls and made
+    a two-thread onnxruntime call measured after them twice as slow in some runs."""
     if not (Path(model_dir)/'model.safetensors').exists(): return None
-    try: import torch; from dr_detection.train import load_model
-    except ImportError: return None
     from dr_detection.serve import ort_session
-    net, meta = load_model(model_dir); S = meta['input_size']
-    torch.set_num_threads(threads)
-    x = torch.randn(1, 3, S, S); s = ort_session(Path(model_dir)/'model.onnx', threads); feed = {s.get_inputs()[0].name: x.numpy()}
+    meta = json.loads((Path(model_dir)/'model.json').read_text()); S = meta['input_size']
+    x = np.random.default_rng(0).standard_normal((1, 3, S, S), dtype=np.float32)
+    s = ort_session(Path(model_dir)/'model.onnx', threads); feed = {s.get_inputs()[0].name: x}
     def per(f):
         for _ in range(3): f()
         t = time.perf_counter()
         for _ in range(n): f()
-        dt = (time.perf_counter() - t) / n; time.sleep(0.5); return dt
-    pt, ot = [], []
-    with torch.no_grad():
-        for _ in range(3): ot.append(per(lambda: s.run(None, feed))); pt.append(per(lambda: net(x)))
-    return statistics.median(pt), statistics.median(ot)
+        return (time.perf_counter() - t) / n
+    ot = statistics.median(per(lambda: s.run(None, feed)) for _ in range(3))
+    try: import torch; from dr_detection.train import load_model
+    except ImportError: return None
+    net, _ = load_model(model_dir); torch.set_num_threads(threads); xt = torch.from_numpy(x)
+    with torch.no_grad(): pt = statistics.median(per(lambda: net(xt)) for _ in range(3))
+    return pt, ot
+
+def untrained_model(arch:str, size:int) -> Path:
+    "A model folder written by 03_train's own `save_model` for an untrained `arch` at `size` px (speed does not depend on the weights)."
+    import tempfile
+    from dr_detection.data import load_config
+    from dr_detection.train import build_model, save_model
+    d = Path(tempfile.mkdtemp(prefix='dr_bench_'))/'model'
+    save_model(build_model(arch, pretrained=False), load_config(None, overrides={'train.arch': arch, 'preprocess.size': size}), d)
+    return d
 
 def pct(v, q): return float(np.percentile(np.asarray(v) * 1000, q))
 
@@ -153,11 +164,13 @@ def main(argv=None):
     p.add_argument('--rounds', type=int, default=3, help='rounds of (server, A, B) measurements, interleaved so that load changes on a shared machine hit all three alike; medians reported')
     p.add_argument('--no-batch-compare', action='store_true', help='skip the batching measurement')
     p.add_argument('--json', default=None, help='also write the figures to this JSON file')
+    p.add_argument('--arch', default=None, help='instead of --model: an untrained model of this architecture (e.g. resnet50), for speed only')
+    p.add_argument('--size', type=int, default=512, help='input size of the --arch model (default 512, as configs/eyepacs.yaml)')
     p.add_argument('--torch-vs-ort-only', action='store_true', help=argparse.SUPPRESS)  # the PyTorch comparison, run in a process of its own
     a = p.parse_args(argv)
     if a.torch_vs_ort_only:
         print(json.dumps(torch_vs_ort(a.model, len(os.sched_getaffinity(0)), max(10, a.n // 5)))); return
-    model_dir = Path(a.model)
+    model_dir = untrained_model(a.arch, a.size) if a.arch else Path(a.model)
     name, data = photo_bytes(model_dir, a.photo)
     cores = len(os.sched_getaffinity(0))
     # first, in a fresh process, before any other engine has threads in this one or a server runs: idle threads must not share the CPU with the measured engine
@@ -200,6 +213,7 @@ def main(argv=None):
         if tv: R['torch_ms'], R['ort_ms'] = tv[0] * 1000, tv[1] * 1000; print(f'per image, batch 1, {cores} threads: PyTorch {R["torch_ms"]:.1f} ms, onnxruntime {R["ort_ms"]:.1f} ms (measured first, in a process of its own)')
     finally:
         for pr in procs: pr.terminate(); pr.wait(10)
+        if a.arch: import shutil; shutil.rmtree(model_dir.parent, ignore_errors=True)
     if a.json: Path(a.json).write_text(json.dumps(R, indent=2))
     met = lambda ok: 'met' if ok else 'NOT met'
     print('\nratios (server = dr-serve over HTTP; issue 7 targets: throughput >= 0.90x, p50 <= baseline + 10 ms)')

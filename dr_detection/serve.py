@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 import anyio
-from .preprocess import prepare_file, encode
-from .quality import check_image
+from .preprocess import prepare_file, encode, open_image
+from .quality import check_image, decode_target
 
 # %% ../nbs/05_serve.ipynb #c009
 class BadInput(Exception):
@@ -102,6 +102,7 @@ class ServedModel:
         pc = (self.meta.get('config') or {}).get('preprocess') or {}
         self.cache_kw = dict(fmt=pc.get('format', 'jpeg'), jpeg_quality=int(pc.get('jpeg_quality', 95)))
         self.quality_kw = _kwargs_for(check_image, self.meta.get('quality', {}))
+        self.decode_size = self.quality_kw.get('decode_size', inspect.signature(check_image).parameters['decode_size'].default)
         self.class_names = self.meta.get('class_names', ['No DR', 'DR'])
         self.threshold = float(self.meta.get('threshold', 0.5))
         self.cam_scale = model_cam_scale(self.meta)  # fixed heatmap scale: 04_evaluate's, else from cam_bias
@@ -118,17 +119,31 @@ class ServedModel:
         prob, cam = (self.solo if alone and self.solo is not None else self.session).run(self.output_names, {self.input_name: x.astype(np.float32, copy=False)})
         return prob.reshape(-1), cam
 
-    def prepare(self, data:bytes) -> Image.Image:
-        "The photo as training saw it: 02_preprocess's `prepare_file` on the bytes, then the preprocessing cache's encoding, decoded."
-        out = prepare_file(data, **self.prep_kw)
+    def decode_once(self, data:bytes) -> Image.Image|None:
+        "The upload decoded for the model as 02's `load_image` does, when 01's check would decode it at the very same JPEG scale (large photos, small model inputs), so that both can use it; else None."
+        try:
+            im = open_image(data, self.size)  # nothing decoded yet: the sizes come from the header
+            orig = im.info['original_size']
+            if im.format != 'JPEG' or im.mode != 'RGB' or im.getexif().get(0x0112, 1) != 1: return None
+            with Image.open(io.BytesIO(data)) as probe:
+                if max(orig) > self.decode_size: probe.draft('RGB', decode_target(orig, self.decode_size))
+                if (probe.size, probe.mode) != (im.size, 'RGB'): return None
+            im.load()
+            return im
+        except Exception: return None  # a damaged file: each step decodes it on its own and says what is wrong
+
+    def prepare(self, data:bytes, image:Image.Image|None=None) -> Image.Image:
+        "The photo as training saw it: 02_preprocess's `prepare_file` on the bytes (or their `decode_once`), then the preprocessing cache's encoding, decoded."
+        out = prepare_file(data, **self.prep_kw, image=image)
         with Image.open(io.BytesIO(encode(out, **self.cache_kw))) as im: return im.convert('RGB')
 
     def inputs(self, data:bytes, max_pixels:int=MAX_PIXELS) -> tuple[np.ndarray, dict]:
         "Check and prepare one uploaded file, quality check started alongside: model input [1,3,S,S] and a context for `answer`."
         t0 = time.perf_counter()
         fmt, _ = check_upload(data, max_pixels)
-        q = _QUALITY_POOL.submit(self.quality, data)  # independent of the model input: runs on another core meanwhile
-        try: photo = self.prepare(data)
+        first = self.decode_once(data)
+        q = _QUALITY_POOL.submit(self.quality, data if first is None else first)  # independent of the model input: runs on another core meanwhile
+        try: photo = self.prepare(data, first)
         except Exception as e:
             reasons = set(q.result()['reasons'])
             what = 'is truncated or corrupt and cannot be decoded' if reasons & {'truncated', 'unreadable'} else 'cannot be prepared for the model'
@@ -136,9 +151,10 @@ class ServedModel:
         x = self.to_input(photo)[None]
         return x, dict(photo=photo, quality=q, t={'preprocess': time.perf_counter() - t0}, t0=t0)
 
-    def quality(self, data:bytes) -> dict:
-        "01_quality's `check_image` on the uploaded bytes with the model's thresholds, timed."
-        t = time.perf_counter(); q = check_image(data, **self.quality_kw); q['ms'] = (time.perf_counter() - t) * 1000
+    def quality(self, src) -> dict:
+        "01_quality's `check_image` on the uploaded bytes (or their `decode_once`) with the model's thresholds, timed."
+        size = src.info['original_size'] if isinstance(src, Image.Image) else None
+        t = time.perf_counter(); q = check_image(src, **self.quality_kw, original_size=size); q['ms'] = (time.perf_counter() - t) * 1000
         return q
 
     def answer(self, ctx:dict, prob:float, cam:np.ndarray, explain:bool=False) -> dict:
@@ -162,7 +178,7 @@ class ServedModel:
         with self._lock: self._busy += 1
         try:
             x, ctx = self.inputs(data, max_pixels)
-            with self._lock: alone = self._busy == 1  # no other photo being prepared or run: this one may use every core
+            with self._lock: alone = self._busy == 1 and ctx['quality'].done()  # nothing else on the CPU: this photo may use every core
             t1 = time.perf_counter(); prob, cam = self.run(x, alone); ctx['t']['inference'] = time.perf_counter() - t1
             return self.answer(ctx, prob[0], cam[0], explain)
         finally:

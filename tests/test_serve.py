@@ -70,6 +70,25 @@ def test_same_answer_alone_or_under_load(client):
     assert False in calls  # some of the 8 did run side by side
     assert crowd == [alone] * 8
 
+def test_decode_once_changes_nothing(client):
+    "Where the quality check and the preparation would decode an upload at the same JPEG scale, the service decodes it once: same verdict, measures and model input as decoding twice."
+    import math
+    import numpy as np
+    from serve_support import SHARED
+    from dr_detection.quality import check_image
+    m = client.app.state.model
+    files = sorted((SHARED/'fullres').glob('*/*.jp*g'))[:6] if (SHARED/'fullres').is_dir() else []
+    uploads = [p.read_bytes() for p in files] + [photos()['retina.jpeg'], photos()['small.png']]
+    shared = 0
+    for data in uploads:
+        first = m.decode_once(data); shared += first is not None
+        q, ref = m.quality(data if first is None else first), check_image(data, **m.quality_kw)
+        assert (q['ok'], q['reasons']) == (ref['ok'], ref['reasons'])
+        assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(q['measures'].values(), ref['measures'].values()))
+        assert np.array_equal(np.asarray(m.prepare(data, first)), np.asarray(m.prepare(data)))
+    assert shared >= 1 + len(files)  # every camera-size JPEG (and the sample retina) at this 64 px model's scale; never the PNG
+    assert m.decode_once(photos()['small.png']) is None and m.decode_once(photos()['retina.jpeg'][:5000]) is None
+
 def test_ungradable_still_answered(client):
     j = post(client, photos()['dark.jpeg']).json()
     assert j['gradable'] is False and j['reasons'] and j['label'] in ('DR', 'No DR')
