@@ -667,8 +667,9 @@ def run_evaluate(cfg:Config, run_dir) -> dict:
     meta = write_threshold(run_dir/'model', metrics)
     _save_plots(run_dir, test, metrics, cfg.data.class_names, _cam_rows(test, ecfg.n_cam), sess, meta)
     metrics['seconds'] = round(time.perf_counter() - t_start, 1)
-    (run_dir/'metrics.json').write_text(json.dumps(_jsonable(metrics), indent=2))
-    (run_dir/'MODEL_CARD.md').write_text(model_card(json.loads((run_dir/'metrics.json').read_text()), meta))  # from the file, as written
+    js = _jsonable(metrics)  # exactly what metrics.json holds (string keys, lists, None for NaN)
+    (run_dir/'metrics.json').write_text(json.dumps(js, indent=2))
+    (run_dir/'MODEL_CARD.md').write_text(model_card(js, meta))
     return metrics
 
 # %% ../nbs/04_evaluate.ipynb #c071
@@ -725,8 +726,9 @@ def evaluate_manifest(model_dir, manifest, out, split:str='auto', tta:bool=False
     metrics['config'] = cfg; metrics['model'] = dict(dir=str(Path(model_dir).resolve()), arch=meta.get('arch'))
     metrics['notes'] = (['synthetic demo data: numbers describe the pipeline, not clinical performance'] if metrics['dataset']['source'] == 'demo' else []) + notes
     _save_plots(out, lab, metrics, meta.get('class_names', ['No DR', 'DR']), _cam_rows(lab, n_cam), sess, meta, prepared)
-    (out/'metrics.json').write_text(json.dumps(_jsonable(metrics), indent=2))
-    (out/'MODEL_CARD.md').write_text(model_card(json.loads((out/'metrics.json').read_text()), meta))
+    js = _jsonable(metrics)
+    (out/'metrics.json').write_text(json.dumps(js, indent=2))
+    (out/'MODEL_CARD.md').write_text(model_card(js, meta))
     return metrics
 
 def evaluate_main(argv=None):

@@ -81,16 +81,15 @@ def ort_session(path, threads:int=0, idle_spin:bool=True):
     return ort.InferenceSession(str(path), o, providers=['CPUExecutionProvider'])
 
 class ServedModel:
-    "A model folder (model.json + model.onnx) ready to predict with onnxruntime: `threads` intra-op threads per call (0 = all cores), `solo_threads` for a photo that is alone in the service (0 = all cores)."
-    def __init__(self, model_dir, threads:int=0, solo_threads:int=0):
+    "A model folder (model.json + model.onnx) ready to predict with onnxruntime: `threads` intra-op threads per call (0 = all cores); a photo alone in the service runs on all cores (`solo`)."
+    def __init__(self, model_dir, threads:int=0):
         self.dir = Path(model_dir)
         if not (self.dir/'model.json').exists(): raise FileNotFoundError(f"no model.json in {self.dir} (a model folder is written by 03_train; `make demo` makes runs/demo/model)")
         self.meta = json.loads((self.dir/'model.json').read_text())
         onnx_path = self.dir/self.meta.get('onnx', {}).get('file', 'model.onnx')
         if not onnx_path.exists(): raise FileNotFoundError(f"model file {onnx_path} not found")
         self.session = ort_session(onnx_path, threads)
-        solo = solo_threads or cores()
-        self.solo = ort_session(onnx_path, solo, idle_spin=False) if 0 < threads < solo else None  # used when no other photo is in the service
+        self.solo = ort_session(onnx_path, cores(), idle_spin=False) if 0 < threads < cores() else None  # used when no other photo is in the service
         self._busy, self._lock = 0, threading.Lock()
         o = self.meta.get('onnx', {})
         self.input_name, self.output_names = o.get('input', 'image'), o.get('outputs', ['prob', 'cam'])
