@@ -14,8 +14,8 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --quiet /src \
  && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools \
  && cd /opt/venv/lib/python3.11/site-packages \
- && rm -rf pandas/tests scipy/*/tests scipy/*/*/tests numpy/tests numpy/*/tests onnxruntime/transformers onnxruntime/quantization swagger_ui_bundle/vendor/*/*.map \
- && /opt/venv/bin/python -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'torchvision', 'fastai') if u.find_spec(m)]; sys.exit(f'training packages in the image: {bad}' if bad else 0)" \
+ && rm -rf scipy/*/tests scipy/*/*/tests numpy/tests numpy/*/tests onnxruntime/transformers onnxruntime/quantization swagger_ui_bundle/vendor/*/*.map \
+ && /opt/venv/bin/python -c "import importlib.util as u, sys; bad = [m for m in ('torch', 'torchvision', 'fastai', 'pandas', 'matplotlib') if u.find_spec(m)]; sys.exit(f'training packages in the image: {bad}' if bad else 0)" \
  && /opt/venv/bin/python -c "import dr_detection.serve"
 
 # ---- 2. the model folder named by MODEL (a missing one stops the build here, with what to do)

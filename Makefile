@@ -34,7 +34,7 @@ hygiene: env
 	else echo "hygiene: ok (nbdev_export and nbdev_clean leave the tree unchanged)"; fi
 
 nbtest: env
-	$(BIN)/nbdev_test --n_workers 2 --timing
+	$(BIN)/nbdev_test --n_workers 2 --timing $$(test -d ../shared/data && echo --flags realdata)
 
 pytest: env
 	$(BIN)/pytest -q tests

@@ -3,24 +3,23 @@ images at the same reduced size (JPEG draft mode), both on all cores with the sa
 
     .venv/bin/python benchmarks/quality.py [--folder ../shared/data/eyepacs-1024/train] [--repeats 3] [--workers N]
 """
-import argparse, os, sys, time
+import argparse, os, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
-from dr_detection.data import load_config
-from dr_detection.quality import check_image, decode_image, quality_kwargs
+from dr_detection.config import load_config, shared_data
+from dr_detection.fundus import decode
+from dr_detection.quality import QualityParams, check_image
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = Path(os.environ.get('DR_DATA', ROOT.parent/'shared'/'data'))/'eyepacs-1024'/'train'
+DEFAULT = shared_data()/'eyepacs-1024'/'train'
 
 def _decode(path, size):
     "Decode only, at the check's reduced size (what any reader of the photo must pay)."
-    im, _ = decode_image(path, size)
-    return np.asarray(im).shape
+    return np.asarray(decode(path, size, 'long', exif=False)).shape
 
-def _check(path, kw):
+def _check(path, params):
     "The full automatic check."
-    return check_image(path, **kw)['ok']
+    return check_image(path, params)['ok']
 
 def _decode_chunk(args): return [_decode(p, args[1]) for p in args[0]]
 def _check_chunk(args): return [_check(p, args[1]) for p in args[0]]
@@ -39,15 +38,15 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.folder.is_dir(): print(f'{a.folder} not found: benchmark skipped'); return
     paths = sorted(str(f) for f in a.folder.glob('*.jpeg'))
-    kw = quality_kwargs(load_config().quality)
+    params = QualityParams.of(load_config().quality)
     workers = a.workers or os.cpu_count() or 1
-    print(f'{len(paths)} images in {a.folder}, decode_size {kw["decode_size"]}, {workers} workers, best of {a.repeats}')
+    print(f'{len(paths)} images in {a.folder}, decode_size {params.decode_size}, {workers} workers, best of {a.repeats}')
     with ProcessPoolExecutor(workers) as ex:
-        timed(ex, _check_chunk, paths[:64], kw, workers)  # warm the workers (imports)
+        timed(ex, _check_chunk, paths[:64], params, workers)  # warm the workers (imports)
         td, tc = [], []
         for _ in range(a.repeats):  # alternate, so a change of machine load hits both
-            td.append(timed(ex, _decode_chunk, paths, kw['decode_size'], workers))
-            tc.append(timed(ex, _check_chunk, paths, kw, workers))
+            td.append(timed(ex, _decode_chunk, paths, params.decode_size, workers))
+            tc.append(timed(ex, _check_chunk, paths, params, workers))
     d, c = min(td), min(tc)
     print(f'decode only : {d:.3f} s  ({d/len(paths)*1e3:.2f} ms/image/worker-pool)')
     print(f'full check  : {c:.3f} s  ({c/len(paths)*1e3:.2f} ms/image/worker-pool)')

@@ -25,10 +25,9 @@ import httpx
 def photo_bytes(model_dir:Path, path=None) -> tuple[str, bytes]:
     "The photo to send: `path`, else a test-split photo of the model's run (manifest.csv), else scikit-image's sample retina."
     if path: return Path(path).name, Path(path).read_bytes()
-    man = model_dir.parent/'manifest.csv'
-    if man.exists():
-        import pandas as pd
-        m = pd.read_csv(man, keep_default_na=False)
+    if (model_dir.parent/'manifest.csv').exists():
+        from dr_detection.data import read_table
+        m = read_table(model_dir.parent, 'manifest.csv')
         for p in m[m.split == 'test'].path.tolist() + m.path.tolist():
             if Path(p).exists(): return Path(p).name, Path(p).read_bytes()
     from skimage import data
@@ -41,8 +40,8 @@ def free_port() -> int:
 
 def start_server(model_dir, *args):
     port = free_port(); url = f'http://127.0.0.1:{port}'
-    p = subprocess.Popen([sys.executable, '-c', 'from dr_detection.serve import main; main()', '--model', str(model_dir),
-                          '--port', str(port), '--log-level', 'warning', *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    p = subprocess.Popen([str(Path(sys.executable).parent/'dr-serve'), '--model', str(model_dir), '--port', str(port),
+                          '--log_level', 'warning', *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     for _ in range(600):
         try:
             if httpx.get(url + '/ready', timeout=2).status_code == 200: return p, url
@@ -103,10 +102,11 @@ def _lat(fn, n) -> list[float]:
 def baselines(model_dir, data, threads):
     """The in-process baselines, as functions of no argument: A1 onnxruntime alone on the prepared input with 1 thread, A2 with
     onnxruntime's default (all cores); B `m.predict(data)`: the server's whole work per photo, on a `ServedModel` with the server's settings."""
-    from dr_detection.serve import ServedModel, ort_session
+    from dr_detection.infer import onnx_path, ort_session
+    from dr_detection.serve import ServedModel
     m = ServedModel(model_dir, threads=threads)
-    x, _ = m.inputs(data); feed = {m.input_name: x}
-    s1, sall = ort_session(m.dir/'model.onnx', 1), ort_session(m.dir/'model.onnx', 0)
+    x, _ = m.inputs(data); feed = {m.meta.onnx.input: x}
+    s1, sall = ort_session(onnx_path(m.dir, m.meta), 1), ort_session(onnx_path(m.dir, m.meta), 0)
     return (lambda: s1.run(None, feed)), (lambda: sall.run(None, feed)), (lambda: m.predict(data))
 
 def ort_batching(model_dir, data, cores, n) -> tuple[float, float]:
@@ -128,26 +128,26 @@ def torch_vs_ort(model_dir, threads, n) -> tuple[float, float] | None:
     rounds each. onnxruntime first, before torch is even imported: PyTorch's OpenMP threads keep spinning after its calls and made
     a two-thread onnxruntime call measured after them twice as slow in some runs."""
     if not (Path(model_dir)/'model.safetensors').exists(): return None
-    from dr_detection.serve import ort_session
-    meta = json.loads((Path(model_dir)/'model.json').read_text()); S = meta['input_size']
+    from dr_detection.infer import load_meta, onnx_path, ort_session
+    meta = load_meta(model_dir); S = meta.input_size
     x = np.random.default_rng(0).standard_normal((1, 3, S, S), dtype=np.float32)
-    s = ort_session(Path(model_dir)/'model.onnx', threads); feed = {s.get_inputs()[0].name: x}
+    s = ort_session(onnx_path(model_dir, meta), threads); feed = {meta.onnx.input: x}
     def per(f):
         for _ in range(3): f()
         t = time.perf_counter()
         for _ in range(n): f()
         return (time.perf_counter() - t) / n
     ot = statistics.median(per(lambda: s.run(None, feed)) for _ in range(3))
-    try: import torch; from dr_detection.train import load_model
+    try: import torch; from dr_detection.train import load_torch_model
     except ImportError: return None
-    net, _ = load_model(model_dir); torch.set_num_threads(threads); xt = torch.from_numpy(x)
+    net, _ = load_torch_model(model_dir); torch.set_num_threads(threads); xt = torch.from_numpy(x)
     with torch.no_grad(): pt = statistics.median(per(lambda: net(xt)) for _ in range(3))
     return pt, ot
 
 def untrained_model(arch:str, size:int) -> Path:
     "A model folder written by 03_train's own `save_model` for an untrained `arch` at `size` px (speed does not depend on the weights)."
     import tempfile
-    from dr_detection.data import load_config
+    from dr_detection.config import load_config
     from dr_detection.train import build_model, save_model
     d = Path(tempfile.mkdtemp(prefix='dr_bench_'))/'model'
     save_model(build_model(arch, pretrained=False), load_config(None, overrides={'train.arch': arch, 'preprocess.size': size}), d)

@@ -15,7 +15,7 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
-from dr_detection.data import load_config
+from dr_detection.config import load_config
 from dr_detection.train import build_model, make_learner, class_weights
 
 

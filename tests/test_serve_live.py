@@ -3,31 +3,29 @@ import random, time
 from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
-from serve_support import Server, model_run, photos, bad_inputs, rss_mb
+from conftest import BAD_INPUTS, rss_mb
 
 MAX_MB = 1            # the server's upload limit in these tests
 RSS_GROWTH_MB = 40    # allowed RSS growth of the server over the stream, after warm-up
 
 @pytest.fixture(scope='module')
-def server():
-    s = Server(model_run()/'model', '--max-upload-mb', MAX_MB, '--concurrency', 2)
-    yield s
-    s.stop()
+def server(start_server, model_run):
+    return start_server(model_run/'model', '--max_upload_mb', MAX_MB, '--concurrency', 2)
 
-def test_endpoints_over_http(server):
+def test_endpoints_over_http(server, photos, bad_inputs):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.get('/health').json() == {'status': 'ok'}
         assert c.get('/ready').json()['ready'] is True
         assert 'screening aid' in c.get('/').text.lower()
-        j = c.post('/predict?explain=true', files={'file': ('r.jpeg', photos()['retina.jpeg'], 'image/jpeg')}).json()
+        j = c.post('/predict?explain=true', files={'file': ('r.jpeg', photos['retina.jpeg'], 'image/jpeg')}).json()
         assert j['label'] in ('DR', 'No DR') and j['heatmap_png']
-        b = c.post('/predict/batch', files=[('files', ('a.jpeg', photos()['small.jpeg'])), ('files', ('b', b''))]).json()
+        b = c.post('/predict/batch', files=[('files', ('a.jpeg', photos['small.jpeg'])), ('files', ('b', b''))]).json()
         assert [i['status'] for i in b['results']] == [200, 400]
         assert c.get('/model').json()['metrics'] is not None
         assert 'dr_http_requests_total' in c.get('/metrics').text
-        for name, (data, status) in bad_inputs().items():
+        for name, (data, status) in bad_inputs.items():
             assert c.post('/predict', files={'file': ('x', data)}).status_code == status, name
-        assert c.post('/predict', files={'upload': ('x.jpeg', photos()['small.jpeg'])}).status_code == 422
+        assert c.post('/predict', files={'upload': ('x.jpeg', photos['small.jpeg'])}).status_code == 422
 
 def test_413_before_body_is_read(server):
     "A declared Content-Length over the limit is refused at once; a chunked body is cut off at the limit, not read to its end."
@@ -50,8 +48,7 @@ def chunked_upload(n_chunks:int, counter=None):
         if counter is not None: counter[0] += 1
         yield b'x' * 65536
 
-def _request(c:httpx.Client, kind:str):
-    p, bad = photos(), bad_inputs()
+def _request(c:httpx.Client, kind:str, p:dict, bad:dict):
     if kind == 'jpeg': return c.post('/predict', files={'file': ('a.jpeg', p['small.jpeg'])})
     if kind == 'png': return c.post('/predict', files={'file': ('a.png', p['small.png'])})
     if kind == 'explain': return c.post('/predict?explain=true', files={'file': ('a.jpeg', p['small.jpeg'])})
@@ -65,15 +62,15 @@ def _request(c:httpx.Client, kind:str):
     return c.post('/predict', files={'file': ('x', bad[kind][0])})
 
 KINDS = {'jpeg': 40, 'png': 8, 'explain': 5, 'dark': 5, 'batch': 4, 'field': 3, 'big': 3, 'big-chunked': 2, 'health': 2, 'model': 1,
-         'metrics': 1, **{k: 5 for k in ['zero-byte', 'truncated JPEG', 'non-image', 'unsupported format (GIF)', 'decompression bomb']}}
+         'metrics': 1, **{k: 5 for k in BAD_INPUTS}}
 
-def test_mixed_stream_no_5xx_no_memory_growth(server):
+def test_mixed_stream_no_5xx_no_memory_growth(server, photos, bad_inputs):
     "2,000 requests, valid and bad, 8 at a time: no 5xx, every bad one a 4xx, and the server's RSS settles."
     rng = random.Random(0)
     kinds = rng.choices(list(KINDS), weights=list(KINDS.values()), k=2000)
     statuses, t0 = [], time.perf_counter()
     with httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=8)) as c, ThreadPoolExecutor(8) as ex:
-        def run(ks): return list(ex.map(lambda k: (k, _request(c, k).status_code), ks))
+        def run(ks): return list(ex.map(lambda k: (k, _request(c, k, photos, bad_inputs).status_code), ks))
         statuses += run(kinds[:300])
         rss_warm = rss_mb(server.proc.pid)
         statuses += run(kinds[300:])
