@@ -4,6 +4,12 @@
 #   docker run -p 8000:8000 dr-detection-api     # then open http://localhost:8000
 # Only the serving requirements of settings.ini (`requirements`: onnxruntime, FastAPI, Pillow, ...) are installed:
 # no torch, no fastai, no CUDA (those are the `train` extra). Settings: -e DR_MAX_UPLOAD_MB=20 -e DR_CONCURRENCY=... etc.
+# Memory: a request decodes at most 6 bytes a pixel of the 25-MP limit (DR_MAX_PIXELS), so it adds at most ~150 MB
+# (measured, 25 MP: JPEG +3-16 MB, progressive JPEG +72, PNG +100, TIFF +105, 16-bit PNG see issue 14's note), and
+# at most DR_CONCURRENCY requests decode at once (the others wait, DR_MAX_QUEUE of them, holding only their upload).
+# A container needs about  idle (~250 MB with the demo model) + DR_CONCURRENCY x 150 MB (measured with 2N TIFFs of
+# 25 MP sent at once: peak 341 / 449 / 671 MB for DR_CONCURRENCY 1 / 2 / 4, i.e. 230 + ~110 MB each):
+#   docker run --memory=768m -e DR_CONCURRENCY=3 ...      (DR_CONCURRENCY defaults to the number of cores: set it)
 
 # ---- 1. the package and its serving requirements, in a virtual environment (cached until the sources change)
 FROM python:3.11-slim AS deps

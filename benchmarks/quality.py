@@ -15,7 +15,7 @@ DEFAULT = shared_data()/'eyepacs-1024'/'train'
 
 def _decode(path, size):
     "Decode only, at the check's reduced size (what any reader of the photo must pay)."
-    return np.asarray(decode(path, size, 'long', exif=False)).shape
+    return np.asarray(decode(path, size, 'long')).shape
 
 def _check(path, params):
     "The full automatic check."

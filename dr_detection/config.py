@@ -56,7 +56,7 @@ class DataConfig(_Section):
     "Where the photos and labels are, how grades map to classes, and how to split."
     source: Literal['demo', 'eyepacs'] = 'demo'  # demo: synthetic dataset made in the run folder
     images: list[Path] = []           # folders of `<patient>_<left|right>.jpeg` (eyepacs source)
-    labels: Optional[Path] = None     # `trainLabels.csv` (`image,level`) or an EyeQ-format CSV
+    labels: list[Path] = []           # trainLabels.csv, retinopathy_solution.csv (`image,level[,Usage]`), EyeQ CSVs
     eyeq_labels: list[Path] = []      # EyeQ quality CSVs (`,image,quality,DR_grade`)
     demo_patients: int = Field(16, ge=4)   # size of the synthetic demo dataset
     demo_seed: int = 0
@@ -66,17 +66,13 @@ class DataConfig(_Section):
     valid_frac: float = Field(0.2, gt=0, lt=1)  # fraction of the train patients kept for model selection
     seed: int = 42
 
-    @field_validator('images', 'eyeq_labels', mode='before')
+    @field_validator('images', 'labels', 'eyeq_labels', mode='before')
     @classmethod
     def _listify(cls, v): return [] if v is None else [v] if isinstance(v, (str, Path)) else v
 
-    @field_validator('images', 'eyeq_labels', mode='after')
+    @field_validator('images', 'labels', 'eyeq_labels', mode='after')
     @classmethod
     def _paths(cls, v, info): return [_must_exist(_resolve(p, info)) for p in v]
-
-    @field_validator('labels', mode='after')
-    @classmethod
-    def _label_path(cls, v, info): return _must_exist(_resolve(v, info))
 
     @field_validator('label_map', mode='after')
     @classmethod
@@ -86,8 +82,8 @@ class DataConfig(_Section):
 
     @model_validator(mode='after')
     def _eyepacs_needs_inputs(self):
-        if self.source == 'eyepacs' and (not self.images or self.labels is None):
-            raise ValueError("source 'eyepacs' needs `images` (folder list) and `labels` (trainLabels.csv)")
+        if self.source == 'eyepacs' and not (self.images and self.labels):
+            raise ValueError("source 'eyepacs' needs `images` (folder list) and `labels` (label CSV list)")
         return self
 
 # %% ../nbs/00a_config.ipynb #a018
@@ -124,6 +120,8 @@ class TrainConfig(_Section):
     max_lighting: float = Field(0.2, ge=0, lt=1)    # augmentation: brightness/contrast change
     workers: int = 0                         # DataLoader workers
     seed: int = 42
+    deterministic: bool = True               # deterministic algorithms: same config, seed and machine = same weights
+    threads: Optional[int] = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
 
     @field_validator('weights_path', mode='after')
     @classmethod

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from .preprocess import PrepParams, prepare_file, encode
-from .quality import QualityParams
+from .quality import QUALITY_VERSION, QualityParams
+from .screen import ScreeningPolicy
 
 # %% ../nbs/03a_infer.ipynb #c006
 class NormalizeInfo(BaseModel):
@@ -66,6 +67,7 @@ class ModelMeta(BaseModel):
     evaluation: dict|None = None  # 04's threshold rule and temperature
     cam_scale: float|None = None  # 04's fixed heatmap scale
     cam_scale_source: str|None = None  # how 04 chose it
+    screening: ScreeningPolicy = ScreeningPolicy()  # 03b's patient decision: ungradable policy, eye rule (04 sets it)
 
     def save(self, model_dir) -> Path:
         "Write `model_dir/model.json` atomically; returns its path."
@@ -82,7 +84,11 @@ def load_meta(model_dir) -> ModelMeta:
     if not f.exists():
         raise FileNotFoundError(f"no model.json in {Path(model_dir)}: a model folder is written by 03_train "
                                 "(`make demo` makes runs/demo/model)")
-    return ModelMeta.model_validate_json(f.read_text())
+    raw = json.loads(f.read_text())
+    if (v := (raw.get('quality') or {}).get('version', 1)) != QUALITY_VERSION:
+        raise ValueError(f"{f} holds thresholds of quality check version {v}, this code's check is version "
+                         f"{QUALITY_VERSION}: re-run the pipeline from 01_quality (dr-reproduce) to get a model that matches")
+    return ModelMeta.model_validate(raw)
 
 # %% ../nbs/03a_infer.ipynb #c019
 def onnx_path(model_dir, meta:ModelMeta) -> Path:

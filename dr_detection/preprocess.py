@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field
-from .fundus import decode, erode, parallel_map, retina_mask
+from .fundus import decode, erode, parallel_map, retina_mask, to_rgb
 if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions import it when they run)
 
 
@@ -172,12 +172,12 @@ class PrepParams(BaseModel):
 
 # %% ../nbs/02_preprocess.ipynb #a30926c1
 def _to_pil(img) -> Image.Image:
-    "PIL RGB image from a PIL image or an array (HxW or HxWx3/4; uint8, or float in 0-1)."
-    if isinstance(img, Image.Image): return img if img.mode == 'RGB' else img.convert('RGB')
+    "PIL RGB image from a PIL image (16-bit grey scaled) or an array (HxW or HxWx3/4; uint8, uint16, or float in 0-1)."
+    if isinstance(img, Image.Image): return img if img.mode == 'RGB' else to_rgb(img)
     a = np.asarray(img)
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
-        a = np.clip(a*255 if a.max() <= 1 else a, 0, 255).round().astype(np.uint8)
+        a = np.clip(a/257 if img.dtype == np.uint16 else a*255 if a.max() <= 1 else a, 0, 255).round().astype(np.uint8)
     if a.ndim == 3 and a.shape[2] == 1: a = a[..., 0]
     return Image.fromarray(a).convert('RGB')
 

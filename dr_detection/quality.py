@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage as ndi
 from .fundus import decode, erode, fit_disc, parallel_map, retina_mask
 if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions import it when they run)
 
 
 # %% auto #0
-__all__ = ['REASONS', 'MEASURES', 'retina_measures', 'QualityParams', 'check_image', 'read_eyeq', 'apply_policy', 'check_files',
-           'eyeq_agreement', 'reject_reason', 'rejected_montage', 'run_quality']
+__all__ = ['REASONS', 'MEASURES', 'QUALITY_VERSION', 'retina_measures', 'QualityParams', 'check_image', 'read_eyeq',
+           'apply_policy', 'check_files', 'eyeq_agreement', 'reject_reason', 'rejected_montage', 'run_quality']
 
 # %% ../nbs/01_quality.ipynb #951837ac
 _LUMA_64 = np.array([0.299, 0.587, 0.114], np.float32).tolist()  # luma weights (float32-rounded, as Python floats)
@@ -28,28 +29,36 @@ def _mean_var(v:np.ndarray) -> tuple[float, float]:
 
 # %% ../nbs/01_quality.ipynb #630eeda2
 def _tone(arr:np.ndarray, mask:np.ndarray, f:int) -> dict:
-    "Brightness (mean luma) and contrast (std of green) of RGB `arr` inside `mask` (at 1/`f` resolution)."
+    "Brightness (mean luma), contrast (std of green) and colour (mean max-min of R, G, B / brightness) in `mask`."
     mh, mw = mask.shape
     sub = arr[:mh*f:f, :mw*f:f]
     g = sub[..., 1][mask].astype(np.float64)  # one channel at a time: far cheaper than an N x 3 selection
-    rs, bs = (int(sub[..., i][mask].sum(dtype=np.int64)) for i in (0, 2))
+    r, b = sub[..., 0][mask], sub[..., 2][mask]
+    rs, bs = int(r.sum(dtype=np.int64)), int(b.sum(dtype=np.int64))
     gm, gv = _mean_var(g)
-    return dict(brightness=(_LUMA_64[0]*rs + _LUMA_64[2]*bs)/g.size + _LUMA_64[1]*gm, contrast=math.sqrt(gv))
+    chroma = np.maximum(np.maximum(r, b), g) - np.minimum(np.minimum(r, b), g)   # 0 for a grey pixel
+    bright = (_LUMA_64[0]*rs + _LUMA_64[2]*bs)/g.size + _LUMA_64[1]*gm
+    return dict(colour=float(chroma.mean())/max(bright, 1.), brightness=bright, contrast=math.sqrt(gv))
 
 # %% ../nbs/01_quality.ipynb #e56a2235
+def _band(g:np.ndarray, s1:float, s2:float) -> np.ndarray:
+    "`g` band-passed by a difference of Gaussians of sigma `s1` (0: none) and `s2` px."
+    return (ndi.gaussian_filter(g, s1, truncate=3.) if s1 else g) - ndi.gaussian_filter(g, s2, truncate=3.)
+
 def _focus(arr:np.ndarray, mask:np.ndarray, f:int) -> float:
-    "Variance of the Laplacian of green inside `mask` eroded from its rim (NaN with under 50 pixels)."
+    "Variance of the vessel-scale band of green inside `mask` eroded from its rim (NaN with under 50 pixels)."
     H, W = arr.shape[:2]
     mh, mw = mask.shape
     inner = erode(mask, math.ceil(max(4, 0.085*min(H, W))/f))  # stay away from the dark rim of the disc
-    g, o = arr[..., 1].astype(np.int16), f//2
-    i0, j0 = (1, 1) if o == 0 else (0, 0)
-    i1, j1 = min(mh, (H - 2 - o)//f + 1), min(mw, (W - 2 - o)//f + 1)
-    r, c = slice(f*i0 + o, f*(i1 - 1) + o + 1, f), slice(f*j0 + o, f*(j1 - 1) + o + 1, f)
-    sh = lambda s, d: slice(s.start + d, s.stop + d, f)
-    lap = 4*g[r, c] - (g[sh(r, -1), c] + g[sh(r, 1), c] + g[r, sh(c, -1)] + g[r, sh(c, 1)])  # exact, int16
-    inner = inner[i0:i1, j0:j1]
-    return _mean_var(lap[inner].astype(np.float64))[1] if np.count_nonzero(inner) >= 50 else float('nan')
+    if np.count_nonzero(inner) < 50: return float('nan')
+    full = np.zeros((H, W), bool); full[:mh*f, :mw*f] = inner.repeat(f, 0).repeat(f, 1)
+    s = max(H, W)/256   # sigma 1 and 2 px at 256 px, scaled with the photo (a small one: its finest detail)
+    rows, cols = np.flatnonzero(inner.any(1)), np.flatnonzero(inner.any(0))
+    pad = math.ceil(6*max(s, 0.5))   # the filters' reach: crop to the retina plus that margin
+    r = slice(max(0, rows[0]*f - pad), min(H, (rows[-1] + 1)*f + pad))
+    c = slice(max(0, cols[0]*f - pad), min(W, (cols[-1] + 1)*f + pad))
+    b = _band(arr[r, c, 1].astype(np.float32), s if s >= 0.5 else 0., max(0.5, 2*s))[full[r, c]]
+    return float(b.astype(np.float64).var())
 
 # %% ../nbs/01_quality.ipynb #0ea6e1b2
 def retina_measures(arr:np.ndarray, mask:np.ndarray) -> dict:
@@ -59,24 +68,30 @@ def retina_measures(arr:np.ndarray, mask:np.ndarray) -> dict:
     return dict(_tone(arr, mask, f), focus=_focus(arr, mask, f))
 
 # %% ../nbs/01_quality.ipynb #adc63db6
-REASONS = ('unreadable', 'truncated', 'too_small', 'no_retina', 'off_centre', 'small_field', 'too_dark', 'washed_out',
-           'blurred', 'low_contrast')
-MEASURES = ('width', 'height', 'field_frac', 'disc_fit', 'disc_inside', 'centre_offset', 'brightness', 'contrast', 'focus')
+REASONS = ('unreadable', 'truncated', 'too_small', 'no_retina', 'off_centre', 'small_field', 'greyscale', 'too_dark',
+           'washed_out', 'blurred', 'low_contrast')
+MEASURES = ('width', 'height', 'field_frac', 'disc_fit', 'disc_inside', 'centre_offset', 'colour', 'brightness',
+            'contrast', 'focus')
 
 # %% ../nbs/01_quality.ipynb #4ecd5e6c
+QUALITY_VERSION = 2  # the check's algorithm: thresholds made for another version do not apply
+
 class QualityParams(BaseModel):
     "Thresholds of the automatic quality check (calibrated against EyeQ on real EyePACS photos)."
     model_config = ConfigDict(extra='forbid', validate_assignment=True)
-    decode_size: int = Field(128, ge=32)     # long side the checks decode to (JPEG draft mode) and measure at
+    decode_size: int = Field(256, ge=32)     # long side the checks decode to (JPEG draft mode) and measure at
     min_size: int = 64                       # minimum original width and height, px
     min_field_frac: float = 0.3              # retina area / image area
     min_disc_fit: float = 0.7                # IoU of the retina mask with its fitted ellipse; below = no fundus found
     max_centre_offset: float = 0.3           # disc centre distance from the image centre, fraction of the half-size
     min_disc_inside: float = 0.8             # fraction of the fitted disc inside the frame (below = cut off)
+    colour_min: float = 0.03                 # mean max-min of R, G, B / brightness in the retina: below = greyscale
     dark_max: float = 35.0                   # mean luma inside the retina below this = too dark
     bright_min: float = 230.0                # mean luma above this = washed out
-    focus_min: float = 65.0                  # variance of the Laplacian (green, inside retina, at decode_size): blurred below
+    focus_min: float = 2.0                   # variance of the vessel-scale band of green in the retina: below = blurred
+    focus_min_small: float = 0.7             # the same for a photo under 128 px (only its finest detail is measured)
     contrast_min: float = 6.0                # std of the green channel inside retina below this = flat
+    version: int = QUALITY_VERSION           # 2: focus as vessel-scale band-pass variance at 256 px (1: Laplacian at 128 px)
 
     @classmethod
     def of(cls, obj) -> QualityParams:
@@ -92,8 +107,13 @@ def _decode_failure(e:Exception) -> str:
 
 # %% ../nbs/01_quality.ipynb #d83cf26f
 def _geometry(arr:np.ndarray) -> tuple[np.ndarray, dict|None, dict]:
-    "Retina mask of RGB `arr`, the disc fitted to it, and the shape measures."
-    mask = retina_mask(arr, bin=2 if min(arr.shape[:2]) >= 80 else 1)
+    "Retina mask of RGB `arr` (on a ~64 px grid), the disc fitted to it, and the shape measures."
+    a = arr
+    if min(a.shape[:2]) >= 160:  # means of 2x2 blocks first: the shape is judged at ~128 px whatever the decode size
+        H, W = a.shape[0]//2*2, a.shape[1]//2*2
+        a = a[:H, :W].astype(np.uint16)
+        a = ((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2)//4).astype(np.uint8)
+    mask = retina_mask(a, bin=2 if min(a.shape[:2]) >= 80 else 1)
     H, W = mask.shape
     disc = fit_disc(mask)
     meas = dict(field_frac=np.count_nonzero(mask)/mask.size)
@@ -110,20 +130,22 @@ def _reasons(m:dict, found:bool, p:QualityParams) -> list[str]:
     if not found: return reasons + ['too_dark' if exposure == 'too_dark' else 'no_retina']
     if m['centre_offset'] > p.max_centre_offset or m['disc_inside'] < p.min_disc_inside: reasons.append('off_centre')
     elif m['field_frac'] < p.min_field_frac: reasons.append('small_field')  # (a cut-off disc is small too: one is enough)
+    if m['colour'] < p.colour_min: reasons.append('greyscale')  # the model reads colour photos
     if exposure: return reasons + [exposure]
-    if not m['focus'] >= p.focus_min: reasons.append('blurred')
+    focus_min = p.focus_min_small if max(m['width'], m['height']) < 128 else p.focus_min
+    if not m['focus'] >= focus_min: reasons.append('blurred')
     if m['contrast'] < p.contrast_min: reasons.append('low_contrast')
     return reasons
 
 # %% ../nbs/01_quality.ipynb #8925c3db
 def check_image(src,                          # path, bytes or PIL image
                 params:QualityParams|None=None,  # thresholds (None: the defaults)
-                original_size:tuple|None=None,   # the file's (w, h) when `src` was already decoded at its draft scale
+                original_size:tuple|None=None,   # the file's upright (w, h) when `src` is decoded already
                ) -> dict:
     "Automatic quality check of a photo: dict(ok, reasons, measures, error)."
     p = QualityParams() if params is None else params
     meas = dict.fromkeys(MEASURES, float('nan'))
-    try: im = decode(src, p.decode_size, 'long', exif=False, original_size=original_size)
+    try: im = decode(src, p.decode_size, 'long', original_size=original_size)   # upright, as the model sees it
     except Exception as e:
         return dict(ok=False, reasons=[_decode_failure(e)], measures=meas, error=f'{type(e).__name__}: {e}'[:200])
     meas['width'], meas['height'] = im.info['original_size']

@@ -6,19 +6,24 @@
 __all__ = ['ARCHS', 'TF_STATS', 'arch_stats', 'DRNet', 'dr_splitter', 'PretrainedWeightsError', 'load_weights_file',
            'torchvision_state_dict', 'resnet_body', 'lite0_key', 'lite0_weights_file', 'efficientnet_lite0',
            'lite0_body', 'build_model', 'training_rows', 'class_weights', 'make_dls', 'valid_auc', 'KeepBest',
-           'EpochLog', 'make_learner', 'fit', 'CAMExport', 'export_onnx', 'onnx_parity', 'code_version', 'model_meta',
-           'save_model', 'load_torch_model', 'plot_training', 'data_summary', 'run_train', 'train_main']
+           'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state', 'config_fingerprint',
+           'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL', 'DDPTrainer', 'ddp_ctx',
+           'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport', 'export_onnx',
+           'onnx_parity', 'code_version', 'model_meta', 'save_model', 'load_torch_model', 'plot_training',
+           'data_summary', 'run_train', 'train_main']
 
 # %% ../nbs/03_train.ipynb #c004
-import datetime, hashlib, json, math, operator, subprocess, time, warnings
-from contextlib import nullcontext
+import datetime, hashlib, json, math, operator, os, random, shutil, socket, subprocess, sys, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from fastcore.script import call_parse
-from fastai.torch_core import set_seed, rank_distrib, num_distrib, params
+import yaml
+from fastcore.foundation import L
+from fastai.torch_core import set_seed, rank_distrib, num_distrib, params, find_bs
 from fastai.data.block import DataBlock, CategoryBlock, ColReader, ColSplitter
 from fastai.data.transforms import Normalize
 from fastai.vision.data import ImageBlock
@@ -28,6 +33,8 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.progress import ProgressCallback
+from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import skm_to_fastai, ActivationType
 from fastai.optimizer import Adam
@@ -192,7 +199,8 @@ def make_dls(df:pd.DataFrame, cfg:Config, device=None):
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=ColReader('prep_path'),
                        get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
                        batch_tfms=[*tfms, Normalize.from_stats(**arch_stats(tc.arch))])
-    kw = dict(bs=max(1, min(tc.batch_size, int((~df.is_valid).sum()))), num_workers=tc.workers, device=device)
+    n_train = int((~df.is_valid).sum()) // max(1, num_distrib())  # each process's share of the training images
+    kw = dict(bs=max(1, min(tc.batch_size, n_train)), num_workers=tc.workers, device=device)
     if tc.class_weighting == 'sampler':
         w = np.array(class_weights(df.label[~df.is_valid]))[df.label.values]
         return dblock.weighted_dataloaders(df, w, **kw)
@@ -208,20 +216,32 @@ def valid_auc():
     return skm_to_fastai(_safe_auc, activation=ActivationType.BinarySoftmax, name='valid_auc')
 
 # %% ../nbs/03_train.ipynb #c058
-class KeepBest(TrackerCallback):
+class _Skips(Callback):
+    "A callback that ignores the epochs fastai skips when a fit resumes (`start_epoch`)."
+    def before_epoch(self): self.skipped = False
+    def after_cancel_epoch(self): self.skipped = True
+
+class KeepBest(TrackerCallback, _Skips):
     "Keep the best epoch's weights over all fits (ties: lower loss); early stopping."
-    order = 56  # after the Recorder (50) and EpochLog (55): a stopping epoch is logged first
+    order = 56  # after the Recorder (50) and EpochLog (55)
     def __init__(self, monitor:str='valid_auc', patience:int|None=None):
         super().__init__(monitor, comp=operator.gt, reset_on_fit=False)
         self.patience, self.best, self.best_epoch, self.state, self.n_epochs = patience, (-math.inf,) * 2, None, None, 0
+        self.wait, self.stop, self.keep_wait = 0, False, False
     def before_fit(self):
-        super().before_fit(); self.wait = 0
+        super().before_fit()
+        if not self.keep_wait: self.wait, self.stop = 0, False  # a resumed fit keeps its count
+        self.keep_wait = False
         self.loss_idx = list(self.recorder.metric_names[1:]).index('valid_loss')
+    def before_epoch(self):
+        _Skips.before_epoch(self)
+        if self.stop: raise CancelFitException()
     def score(self) -> tuple:
         "(monitor rounded, NaN as -inf; minus valid loss) of the last epoch."
         v, loss = (float(self.recorder.values[-1][i]) for i in (self.idx, self.loss_idx))
         return (-math.inf if math.isnan(v) else round(v, 6), -loss)
     def after_epoch(self):
+        if getattr(self, 'skipped', False): return
         s = self.score(); self.new_best = self.state is None or self.comp(s, self.best)
         if self.new_best:
             m = getattr(self.learn.model, 'module', self.learn.model)
@@ -231,19 +251,27 @@ class KeepBest(TrackerCallback):
         self.n_epochs += 1
         if self.patience and self.wait >= self.patience:
             print(f"early stopping: no better validation AUC (or, at equal AUC, loss) for {self.wait} epochs")
-            raise CancelFitException()
+            self.stop = True
     @property
     def best_value(self): return None if self.best[0] == -math.inf else round(self.best[0], 4)
     def restore(self, model):
         if self.state is not None: getattr(model, 'module', model).load_state_dict(self.state)
+    def state_dict(self) -> dict:
+        "What a checkpoint keeps (the best weights go to their own file)."
+        return dict(best=list(self.best), best_epoch=self.best_epoch, wait=self.wait, n_epochs=self.n_epochs,
+                    stop=self.stop)
+    def load_state_dict(self, d:dict, best_state:dict):
+        self.best, self.state = tuple(d['best']), best_state
+        self.best_epoch, self.wait, self.n_epochs, self.stop = d['best_epoch'], d['wait'], d['n_epochs'], d['stop']
 
 # %% ../nbs/03_train.ipynb #c062
-class EpochLog(Callback):
+class EpochLog(_Skips):
     "One CSV row per epoch (phase, losses, metrics, lr, seconds), across fits."
     order = 55
     def __init__(self, fname): self.fname, self.rows, self.phase = Path(fname), [], 'train'
-    def before_epoch(self): self.t0 = time.perf_counter()
+    def before_epoch(self): super().before_epoch(); self.t0 = time.perf_counter()
     def after_epoch(self):
+        if getattr(self, 'skipped', False): return
         names = list(self.recorder.metric_names[1:-1])
         metrics = {n: float(v) for n, v in zip(names, self.recorder.values[-1])}
         row = dict(epoch=len(self.rows), phase=self.phase, **metrics, lr=float(self.opt.hypers[-1]['lr']),
@@ -268,27 +296,195 @@ def make_learner(dls, cfg:Config, train_labels=None, model:nn.Module|None=None, 
     learn.class_weights = None if w is None else w.tolist()
     return learn
 
+# %% ../nbs/03_train.ipynb #d002
+def set_determinism(seed:int, threads:int|None=None, deterministic:bool=True) -> dict:
+    "Seed every generator, fix the thread count, pick deterministic kernels; what was set (for `model.json`)."
+    set_seed(seed, reproducible=deterministic)  # Python, NumPy, torch; cuDNN deterministic, no benchmark
+    if threads: torch.set_num_threads(threads)
+    if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    return dict(seed=seed, deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+                cudnn_deterministic=torch.backends.cudnn.deterministic, cudnn_benchmark=torch.backends.cudnn.benchmark,
+                threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads())
+
+# %% ../nbs/03_train.ipynb #d005
+def _base_dl(dl): return dl.dl if isinstance(dl, DistributedDL) else dl
+
+def rng_state(dls=None) -> dict:
+    "The state of every generator training draws from: Python, NumPy, torch and the loaders' own."
+    st = np.random.get_state()
+    return dict(python=random.getstate(), numpy=(st[0], st[1].tolist(), *st[2:]), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                loaders=[_base_dl(dl).rng.getstate() for dl in (dls.loaders if dls is not None else [])])
+
+def set_rng_state(s:dict, dls=None):
+    "Restore the generators from `rng_state`'s `s`."
+    random.setstate(s['python']); st = s['numpy']
+    np.random.set_state((st[0], np.array(st[1], dtype=np.uint32), *st[2:]))
+    torch.set_rng_state(s['torch'])
+    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    for dl, r in zip(dls.loaders if dls is not None else [], s['loaders']): _base_dl(dl).rng.setstate(r)
+
+# %% ../nbs/03_train.ipynb #d007
+def config_fingerprint(cfg:Config, processes:int=1) -> str:
+    "Hash of what a training checkpoint depends on: data, quality, preprocessing and training config, processes."
+    d = cfg.model_dump(mode='json', include={'data', 'quality', 'preprocess', 'train'})
+    return hashlib.sha256(json.dumps([d, processes], sort_keys=True).encode()).hexdigest()[:16]
+
+def _atomic(path:Path, write):
+    "Call `write(tmp)` on a temporary name beside `path`, then rename it to `path`."
+    tmp = path.with_name(f'.{path.name}.tmp'); write(tmp); os.replace(tmp, path)
+
+def save_checkpoint(folder, learn:Learner, state:dict) -> Path:
+    "Write weights, best weights, optimizer and RNG state of epoch `state['epochs_done']`, then `checkpoint.json`."
+    from safetensors.torch import save_file
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True); e = state['epochs_done']
+    sd = lambda d: {k: v.detach().cpu().contiguous() for k, v in d.items()}
+    files = dict(weights=f'weights-{e}.safetensors', best=f'best-{e}.safetensors', train=f'train-{e}.pth')
+    model = getattr(learn.model, 'module', learn.model)
+    _atomic(folder/files['weights'], lambda f: save_file(sd(model.state_dict()), f))
+    _atomic(folder/files['best'], lambda f: save_file(sd(state.pop('best_state')), f))
+    plain = lambda v: v.item() if isinstance(v, np.generic) else v  # NumPy scalars would need pickle to load
+    hypers = [{k: plain(v) for k, v in h.items()} for h in learn.opt.hypers]
+    opt = dict(state=learn.opt.state_dict()['state'], hypers=hypers)
+    _atomic(folder/files['train'], lambda f: torch.save(dict(opt=opt, rng=rng_state(learn.dls)), f))
+    _atomic(folder/'checkpoint.json', lambda f: f.write_text(json.dumps(dict(state, files=files), indent=1)))
+    for p in folder.iterdir():
+        if p.name not in {*files.values(), 'checkpoint.json'}: p.unlink()
+    return folder/'checkpoint.json'
+
+def load_checkpoint(folder, fingerprint:str) -> dict|None:
+    "`checkpoint.json` of `folder` if it is of this config (`fingerprint`), else None."
+    f = Path(folder)/'checkpoint.json'
+    if not f.exists(): return None
+    st = json.loads(f.read_text())
+    if st.get('fingerprint') == fingerprint: return st
+    print(f"{f} is of another config or process count: training starts from scratch")
+
+# %% ../nbs/03_train.ipynb #d008
+class Checkpoint(_Skips):
+    "After each epoch, process 0 writes a checkpoint to resume from (`save_checkpoint`)."
+    order = 57  # after EpochLog (55) and KeepBest (56)
+    def __init__(self, folder, keep:KeepBest, log, fingerprint:str):
+        self.folder, self.keep, self.log, self.fingerprint, self.phase = Path(folder), keep, log, fingerprint, 'train'
+        self.smooth = None  # the Recorder's smoothed training loss to resume with
+    def before_fit(self):
+        sl = self.learn.recorder.smooth_loss
+        if self.smooth: sl.count, sl.val = self.smooth[0], torch.tensor(self.smooth[1])
+        self.smooth = None
+    def after_epoch(self):
+        if getattr(self, 'skipped', False) or rank_distrib() != 0: return
+        sl = self.learn.recorder.smooth_loss
+        save_checkpoint(self.folder, self.learn, dict(
+            fingerprint=self.fingerprint, epochs_done=self.keep.n_epochs, phase=self.phase, keep=self.keep.state_dict(),
+            log=self.log.rows if self.log else [], smooth=[sl.count, float(sl.val)], best_state=self.keep.state))
+
+def restore_checkpoint(learn:Learner, folder, st:dict, keep:KeepBest, log) -> dict:
+    "Load checkpoint `st`'s weights and early-stopping state; return its optimizer and RNG state."
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    getattr(learn.model, 'module', learn.model).load_state_dict(load_file(str(folder/st['files']['weights'])))
+    keep.load_state_dict(st['keep'], load_file(str(folder/st['files']['best'])))
+    if log is not None: log.rows = st['log']
+    return torch.load(folder/st['files']['train'], weights_only=True)
+
+# %% ../nbs/03_train.ipynb #d010
+class GlooDL(DistributedDL):
+    "fastai's `DistributedDL`, whose index broadcast also works on the CPU (gloo) backend."
+    def _broadcast(self, t, rank):
+        t = torch.LongTensor(t)
+        if torch.distributed.get_backend() == 'nccl': t = t.cuda()
+        torch.distributed.broadcast(t, rank)
+        return t.cpu().tolist()
+
+class DDPTrainer(DistributedTrainer):
+    "fastai's `DistributedTrainer` with `GlooDL` loaders: GPU or CPU processes."
+    def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else GlooDL(dl, device=self.learn.dls.device)
+
+@contextmanager
+def ddp_ctx(learn:Learner):
+    "fastai's `distrib_ctx` for GPUs and CPUs: DistributedDataParallel when launched in several processes."
+    if num_distrib() <= 1:
+        yield learn
+        return
+    gpu = torch.cuda.is_available()
+    learn.add_cb(DDPTrainer(sync_bn=gpu, cpu=not gpu))  # cpu: accelerate's gloo process group
+    if rank_distrib(): learn.remove_cb(ProgressCallback)
+    try: yield learn
+    finally: learn.detach_distributed()
+
+# %% ../nbs/03_train.ipynb #d012
+class RankStats(_Skips):
+    "Training batches and images this process saw in each epoch."
+    def __init__(self): self.batches, self.images = [], []
+    def before_epoch(self): super().before_epoch(); self.nb = self.ni = 0
+    def after_batch(self):
+        if self.training: self.nb += 1; self.ni += find_bs(self.yb)
+    def after_epoch(self):
+        if not getattr(self, 'skipped', False): self.batches.append(self.nb); self.images.append(self.ni)
+
+def gather_ranks(stats:RankStats) -> list[dict]:
+    "Every process's `RankStats` (one entry when training was not distributed)."
+    me = dict(rank=rank_distrib(), train_batches=stats.batches, train_images=stats.images)
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return [me]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, me)
+    return out
+
 # %% ../nbs/03_train.ipynb #c068
-def fit(learn:Learner, cfg:Config, log_file=None) -> dict:
-    "Train (frozen body first if pretrained), then restore the best epoch."
-    tc = cfg.train
-    keep = KeepBest(); cbs = [keep] + ([EpochLog(log_file)] if log_file else [])
-    pretrained = bool(tc.pretrained or tc.weights_path)
-    ctx = learn.distrib_ctx() if num_distrib() > 1 else nullcontext()
+def fit(learn:Learner, cfg:Config, log_file=None, ckpt_dir=None, resume:bool=False) -> dict:
+    "Train (frozen body first if pretrained), checkpointing each epoch; resume; restore the best epoch."
+    tc = cfg.train; pretrained = bool(tc.pretrained or tc.weights_path)
+    n_frozen = tc.freeze_epochs if pretrained else 0
+    keep, log = KeepBest(), (EpochLog(log_file) if log_file else None)
+    cbs = [keep] + ([log] if log else [])
+    fp = config_fingerprint(cfg, max(1, num_distrib()))
+    if ckpt_dir: cbs.append(ck := Checkpoint(ckpt_dir, keep, log, fp))
+    st = load_checkpoint(ckpt_dir, fp) if (resume and ckpt_dir) else None
+    saved = restore_checkpoint(learn, ckpt_dir, st, keep, log) if st else None
+    done = st['epochs_done'] if st else 0
+    if st: print(f"resuming after epoch {done - 1} ({ckpt_dir})")
     t0 = time.perf_counter()
-    with ctx:
-        if pretrained and tc.freeze_epochs:
-            for c in cbs: c.phase = 'frozen'
-            learn.freeze()
-            learn.fit_one_cycle(tc.freeze_epochs, tc.lr, cbs=cbs)
-            learn.unfreeze()
-        for c in cbs: c.phase = 'all'
-        lr = slice(tc.lr / 10, tc.lr) if pretrained else tc.lr
-        keep.patience = tc.patience  # early stopping in the main phase
-        learn.fit_one_cycle(tc.epochs, lr, cbs=cbs)
+    phases = (('frozen', n_frozen, tc.lr), ('all', tc.epochs, slice(tc.lr / 10, tc.lr) if pretrained else tc.lr))
+    with ddp_ctx(learn):
+        for phase, n, lr in phases:
+            start = max(0, done - (0 if phase == 'frozen' else n_frozen))
+            if n == 0 or start >= n or keep.stop: continue
+            for c in cbs: c.phase = phase
+            if phase == 'frozen': learn.freeze()
+            elif n_frozen: learn.unfreeze()
+            keep.patience = tc.patience if phase == 'all' else None  # early stopping in the main phase
+            if saved is not None:
+                opt = saved['opt']
+                if learn.opt is None: learn.create_opt()
+                if start > 0: learn.opt.load_state_dict(dict(state=opt['state'], hypers=L(opt['hypers'])))
+                set_rng_state(saved['rng'], learn.dls); keep.keep_wait = start > 0; saved = None
+                if ckpt_dir and start > 0: ck.smooth = st.get('smooth')  # the logged training loss goes on smoothly
+            learn.fit_one_cycle(n, lr, cbs=cbs, start_epoch=start)
     keep.restore(learn.model)
     return dict(best_epoch=keep.best_epoch, valid_auc=keep.best_value,
                 epochs_run=keep.n_epochs, seconds=round(time.perf_counter() - t0, 1))
+
+# %% ../nbs/03_train.ipynb #d015
+def launch_command(config, run_dir, processes:int, resume:bool=False) -> list[str]:
+    "The `accelerate launch` command line of stage 03 in `processes` processes (on GPUs, else CPUs)."
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    return [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(processes),
+            '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+            '--main_process_port', str(port),
+            '-m', 'dr_detection.train', '--config', str(config), '--run_dir', str(run_dir)] + (['--resume'] * resume)
+
+# %% ../nbs/03_train.ipynb #d017
+def launch_train(cfg:Config, run_dir, processes:int, resume:bool=False) -> ModelMeta:
+    "Stage 03 in `processes` processes under `accelerate launch`; the model it wrote."
+    run_dir = Path(run_dir).resolve(); f = run_dir/'train_config.yaml'
+    f.write_text(yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))  # the config as this process has it
+    r = subprocess.run(launch_command(f, run_dir, processes, resume), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+    print(r.stdout[-20000:])
+    if r.returncode: raise RuntimeError(f"training in {processes} processes failed (exit status {r.returncode})")
+    f.unlink()
+    return load_meta(run_dir/'model')
 
 # %% ../nbs/03_train.ipynb #c072
 class CAMExport(nn.Module):
@@ -341,11 +537,19 @@ def model_meta(net:DRNet, cfg:Config, training:dict, cam_shape) -> ModelMeta:
                      training=training, config=cfg.model_dump(mode='json'), code_version=code_version(),
                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
+# %% ../nbs/03_train.ipynb #d018
+def _replace_dir(src:Path, dst:Path):
+    "Put folder `src` in the place of `dst` (two renames: `dst` is never half-written)."
+    old = dst.with_name(f'.{dst.name}.old'); shutil.rmtree(old, ignore_errors=True)
+    if dst.exists(): os.rename(dst, old)
+    os.rename(src, dst); shutil.rmtree(old, ignore_errors=True)
+
 # %% ../nbs/03_train.ipynb #c084
 def save_model(net:DRNet, cfg:Config, model_dir, training:dict|None=None) -> ModelMeta:
     "Write weights, ONNX graph (checked) and `model.json` into `model_dir`."
     from safetensors.torch import save_file
-    model_dir = Path(model_dir); model_dir.mkdir(parents=True, exist_ok=True)
+    final = Path(model_dir); model_dir = final.with_name(f'.{final.name}.tmp')
+    shutil.rmtree(model_dir, ignore_errors=True); model_dir.mkdir(parents=True)
     net = net.float().cpu().eval().to(memory_format=torch.contiguous_format)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir/'model.safetensors'),
               metadata={'arch': cfg.train.arch})
@@ -359,6 +563,7 @@ def save_model(net:DRNet, cfg:Config, model_dir, training:dict|None=None) -> Mod
     for info in (meta.weights, meta.onnx):
         with open(model_dir/info.file, 'rb') as f: info.sha256 = hashlib.file_digest(f, 'sha256').hexdigest()
     meta.save(model_dir)
+    _replace_dir(model_dir, final)
     return meta
 
 # %% ../nbs/03_train.ipynb #c087
@@ -399,18 +604,21 @@ def data_summary(df:pd.DataFrame, class_names) -> dict:
     return out
 
 # %% ../nbs/03_train.ipynb #c096
-def run_train(cfg:Config, run_dir) -> ModelMeta:
+def run_train(cfg:Config, run_dir, resume:bool=False, processes:int=1) -> ModelMeta:
     "Stage 03: train on `preprocessed.csv`, write `model/`, the log and the curve."
+    if processes > 1 and num_distrib() <= 1: return launch_train(cfg, run_dir, processes, resume)
     run_dir = Path(run_dir); tc = cfg.train; src = run_dir/'preprocessed.csv'
     if not src.exists():
         raise FileNotFoundError(f"{src} not found: run 02_preprocess first (dr-reproduce --only 00 01 02)")
     df = training_rows(read_table(run_dir, 'preprocessed.csv'))
     for s in ('train', 'valid'):
         if not (df.split == s).any(): raise ValueError(f"no usable images in the {s} split of {src}")
-    set_seed(tc.seed, reproducible=True)
+    det = set_determinism(tc.seed, tc.threads, tc.deterministic)
     dls = make_dls(df, cfg)
     learn = make_learner(dls, cfg, df.label[~df.is_valid].tolist(), run_dir=run_dir)
-    res = fit(learn, cfg, log_file=run_dir/'train_log.csv')
+    learn.add_cb(stats := RankStats())
+    res = fit(learn, cfg, log_file=run_dir/'train_log.csv', ckpt_dir=run_dir/'checkpoint', resume=resume)
+    ranks = gather_ranks(stats)
     if rank_distrib() != 0: return res
     import matplotlib.pyplot as plt
     plt.close(plot_training(pd.read_csv(run_dir/'train_log.csv'), run_dir/'training_curve.png', res['best_epoch']))
@@ -418,16 +626,21 @@ def run_train(cfg:Config, run_dir) -> ModelMeta:
     pre = (f'local file {tc.weights_path}' if tc.weights_path else pre) if tc.pretrained else 'none (from scratch)'
     training = dict(data=data_summary(df, cfg.data.class_names), class_weighting=tc.class_weighting,
                     class_weights=learn.class_weights, pretrained=pre, **res, device=str(dls.device),
-                    processes=max(1, num_distrib()), torch=torch.__version__, fastai=__import__('fastai').__version__)
+                    processes=max(1, num_distrib()), determinism=det, torch=torch.__version__,
+                    fastai=__import__('fastai').__version__, **({'ranks': ranks} if len(ranks) > 1 else {}))
     net = build_model(tc.arch, dropout=tc.dropout)  # a clean copy (no SyncBatchNorm or other training wrappers)
     net.load_state_dict(getattr(learn.model, 'module', learn.model).state_dict())
-    return save_model(net, cfg, run_dir/'model', training)
+    meta = save_model(net, cfg, run_dir/'model', training)
+    shutil.rmtree(run_dir/'checkpoint', ignore_errors=True)  # the model is complete: nothing to resume
+    return meta
 
 # %% ../nbs/03_train.ipynb #c098
 @call_parse
 def train_main(config:str=None,  # YAML config (configs/*.yaml)
-               run_dir:str=None):  # run folder holding the outputs of stages 00-02
+               run_dir:str=None,  # run folder holding the outputs of stages 00-02
+               resume:bool=False,  # continue from the run folder's last checkpoint
+               processes:int=1):  # start this many processes under `accelerate launch`
     "Stage 03: train and export the DR model of a run folder."
     if not (config and run_dir): raise ValueError("dr-train: --config and --run_dir are both required")
-    meta = run_train(load_config(config), run_dir)
+    meta = run_train(load_config(config), run_dir, resume=resume, processes=processes)
     if rank_distrib() == 0: print(json.dumps(meta.training, indent=1, default=str))

@@ -173,6 +173,10 @@ def make_standin_run(run_dir, n_patients:int=30, size:int=64, seed:int=0) -> Pat
                              prep_error=''))
     df = pd.DataFrame(rows).astype({'label': object, 'grade': object})
     df.loc[len(df)] = dict(df.iloc[0], id='x_left', patient='x', label='', grade=1, excluded='grade 1 excluded by label_map')
+    for s in ('valid', 'test'):   # a DR eye whose photo the quality check rejected, beside a gradable No-DR eye (screening)
+        df.loc[len(df)] = dict(df.iloc[0], id=f'r{s}_left', patient=f'r{s}', eye='left', label=1, grade=4, split=s, keep=False,
+                               prep_path='', reject_reason='blurred')
+        df.loc[len(df)] = dict(df.iloc[1], id=f'r{s}_right', patient=f'r{s}', eye='right', label=0, grade=0, split=s)
     write_table(df, run_dir, 'preprocessed.csv')
     sess, meta = open_model(make_standin_model(run_dir/'model', size))
     z = logit(predict_images(sess, meta, df[(df.split == 'train') & (df.excluded == '')].prep_path)['prob'])

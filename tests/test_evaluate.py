@@ -11,7 +11,9 @@ from dr_detection.config import load_config, EvaluateConfig
 from dr_detection.data import read_table, usable_rows
 from dr_detection.evaluate import (operating_metrics, fit_temperature, apply_temperature, choose_threshold, cluster_bootstrap,
                                    average_precision, roc_auc, bootstrap_ci, split_metrics, evaluate_predictions, run_evaluate,
-                                   evaluate_main, open_model, predict_images, sigmoid)
+                                   evaluate_main, open_model, predict_images, sigmoid, logit, _boot_stats, choose_screening,
+                                   patient_labels, photo_source, source_warnings, subgroup_metrics)
+from dr_detection.infer import load_meta
 from dr_detection.infer import cam_heat, cam_overlay, cam_scale, model_cam_scale
 from dr_detection.preprocess import IMAGENET_STATS
 
@@ -53,11 +55,30 @@ def test_temperature_fit_matches_grid_and_improves():
 @pytest.mark.parametrize('y,p', CASES)
 @pytest.mark.parametrize('target', [0.8, 0.9, 0.95, 1.0])
 def test_threshold_matches_bruteforce(y, p, target):
-    got = choose_threshold(y, p, 'sensitivity', target)['threshold']
+    "The rule's score is the highest reaching the target; the threshold sits in the gap below it, same validation numbers."
+    ct = choose_threshold(y, p, 'sensitivity', target)
     cands = [t for t in np.unique(p) if np.mean(p[y == 1] >= t) >= target - 1e-9]   # every distinct score, by the p >= t rule
-    assert got == max(cands)
+    best = max(cands); below = p[p < best]
+    assert ct['score'] == best
+    assert (below.max() if len(below) else -1) < ct['threshold'] <= best
+    assert operating_metrics(y, p, ct['threshold'])['confusion'] == operating_metrics(y, p, best)['confusion']
+    if len(below) and ct['threshold'] < best:   # the midpoint on the log-odds scale
+        assert logit(ct['threshold']) == pytest.approx((logit(best) + logit(below.max()))/2, abs=1e-9)
     fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
-    assert choose_threshold(y, p, 'youden')['threshold'] == thr[np.argmax(tpr - fpr)]
+    assert choose_threshold(y, p, 'youden')['score'] == thr[np.argmax(tpr - fpr)]
+
+@pytest.mark.parametrize('y,p', CASES)
+def test_fast_bootstrap_stats_equal_sklearn(y, p):
+    "Rank AUC, numpy AP and rates on bootstrap resamples equal scikit-learn's values to 1e-12."
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        i = rng.integers(0, len(y), len(y)); yi, pi = y[i].astype(float), p[i]
+        b = _boot_stats(yi, pi, 0.5); om = operating_metrics(yi, pi, 0.5)
+        if 0 < yi.sum() < len(yi):
+            assert abs(b['auc'] - skm.roc_auc_score(yi, pi)) <= 1e-12
+            assert abs(b['ap'] - skm.average_precision_score(yi, pi)) <= 1e-12
+        for k in ('sensitivity', 'specificity', 'ppv', 'npv', 'accuracy'):
+            assert b[k] == pytest.approx(om[k], abs=1e-12, nan_ok=True)
 
 def test_cluster_bootstrap_keeps_patients_whole_and_is_seeded():
     g = np.array(['a', 'a', 'b', 'c', 'c', 'c', 'd'])
@@ -117,7 +138,7 @@ def test_run_evaluate_threshold_ignores_test_split(standin_run, tmp_path):
     ma = run_evaluate(cfg, a)
     # alter everything about the test split: flipped labels and the images swapped for others
     df = pd.read_csv(b/'preprocessed.csv', dtype=str, keep_default_na=False)
-    te = (df.split == 'test') & (df.excluded == '')
+    te = (df.split == 'test') & (df.excluded == '') & (df.keep == 'True')
     df.loc[te, 'label'] = (1 - pd.to_numeric(df.loc[te, 'label'])).astype(str)
     df.loc[te, 'prep_path'] = df.loc[te, 'prep_path'].sample(frac=1, random_state=0).values[::-1]
     df.to_csv(b/'preprocessed.csv', index=False)
@@ -180,3 +201,60 @@ def test_cam_display_fixed_scale():
     assert cam_scale(np.array([-5., 1, 2, 3]), 50) == 2 and cam_scale(-np.ones(3)) is None
     assert model_cam_scale(SimpleNamespace(cam_scale=3.)) == 3
     assert model_cam_scale(SimpleNamespace(cam_scale=None, onnx=SimpleNamespace(cam_bias=math.log(19) - 2))) == pytest.approx(8)
+
+def test_run_evaluate_screening(standin_run, tmp_path):
+    "Intention to screen counts the rejected DR photo as referred; the chosen policy lands in model.json and the card."
+    run = tmp_path/'run'; shutil.copytree(standin_run, run)
+    m = run_evaluate(load_config(overrides={'evaluate.bootstrap': 30}), run)
+    s, df = m['screening'], read_table(run, 'preprocessed.csv')
+    te = df[df.split == 'test']; lab = te[te.excluded == '']
+    go, its = s['test']['image']['gradable_only'], s['test']['image']['intention_to_screen']
+    assert its['n'] == len(lab) and go['n'] == int(lab.keep.sum()) == m['test']['n']
+    assert its['confusion'][1][1] == go['confusion'][1][1] + 1          # the rejected DR photo: a true positive under ITS
+    pt = pd.read_csv(run/'patients.csv', dtype={'patient': str}).set_index('patient')
+    assert pt.loc['rtest', 'outcome'] == 'refer' and 'left eye ungradable' in pt.loc['rtest', 'reason']
+    assert pt.loc['rtest', 'label'] == 1 and pt.loc['rtest', 'n_gradable'] == 1
+    im = s['test']['imageability']
+    assert im['photos'] == dict(n=len(te), gradable=int(te.keep.sum()), share=te.keep.mean())
+    assert s['rejection']['class']['DR']['rejected'] == 2 and s['rejection']['class']['No DR']['rejected'] == 0
+    meta = load_meta(run/'model')
+    assert meta.screening.model_dump() == s['policy'] and meta.screening.eye_rule in ('max', 'mean')
+    card = (run/'MODEL_CARD.md').read_text()
+    for text in ('## Screening outcomes (test split)', 'intention to screen', 'IDx-DR', 'Imageability', 'source: demo',
+                 '## What the quality check rejects'):
+        assert text in card, text
+    assert (run/'screening.png').exists() and 'source' in m['subgroups']
+
+def test_eye_rule_chosen_on_validation():
+    "mean wins when it ranks patients better; max on a tie; the patient threshold follows the image rule."
+    rows = []
+    for i in range(20):   # DR patients: both eyes moderately high; No DR: one eye noisy-high
+        dr = i < 8
+        for eye, p in zip(('left', 'right'), (.6, .62) if dr else (.1, .7)):
+            rows.append(dict(patient=str(i), eye=eye, label=float(dr), prob=p + i*1e-3, gradable=True, excluded=''))
+    v = pd.DataFrame(rows)
+    ch = choose_screening(v)
+    assert ch['policy']['eye_rule'] == 'mean' and ch['eye_rule_auc']['mean'] > ch['eye_rule_auc']['max']
+    ps = v.groupby('patient').prob.mean(); y = v.groupby('patient').label.max()
+    assert ch['policy']['patient_threshold'] == choose_threshold(y.values, ps.values)['threshold']
+    tie = v.assign(prob=np.where(v.label == 1, .9, .1))
+    assert choose_screening(tie)['policy']['eye_rule'] == 'max'
+
+def test_patient_labels_rules():
+    "DR if any eye is DR, No DR only if every eye is No DR, otherwise no class with the reason."
+    d = pd.DataFrame(dict(patient=list('aabbccd'), label=[1, np.nan, 0, 0, 0, np.nan, np.nan],
+                          excluded=['', 'grade 2 excluded by label_map', '', '', '', 'grade 1 excluded by label_map', '']))
+    t = patient_labels(d)
+    assert t.label['a'] == 1 and t.label['b'] == 0 and np.isnan(t.label['c']) and np.isnan(t.label['d'])
+    assert 'grade 1' in t.excluded['c'] and 'no label' in t.excluded['d']
+
+def test_per_source_subgroups_and_warning():
+    "Folders become sources when the source column cannot tell them apart; a low-sensitivity source is flagged."
+    paths = [f'/data/eyepacs-{r}/train/{i}_left.jpeg' for r in (1024, 256) for i in range(3)]
+    assert photo_source(pd.DataFrame(dict(source='eyepacs', path=paths))).tolist() == ['eyepacs-1024']*3 + ['eyepacs-256']*3
+    d = pd.DataFrame(dict(patient=[str(i) for i in range(8)], label=[1, 1, 0, 0]*2, prob=[.9, .8, .1, .2, .3, .9, .1, .2],
+                          source=['A']*4 + ['B']*4))
+    sg = subgroup_metrics(d, .5, 'source', n_boot=0)
+    assert sg['A']['sensitivity'] == 1 and sg['B']['sensitivity'] == .5
+    w = source_warnings(sg, 0.9)
+    assert len(w) == 1 and w[0].startswith('source B: sensitivity 0.500')

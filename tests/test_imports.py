@@ -5,7 +5,8 @@ import pytest
 HEAVY = ('torch', 'torchvision', 'fastai', 'pandas', 'matplotlib', 'sklearn', 'skimage')
 STAGES = ('data', 'synthetic', 'reproduce', 'evaluate', 'train', 'config')  # the service needs none of them
 
-@pytest.mark.parametrize('module', ['dr_detection.serve', 'dr_detection.infer', 'dr_detection.quality', 'dr_detection.preprocess'])
+@pytest.mark.parametrize('module', ['dr_detection.serve', 'dr_detection.infer', 'dr_detection.quality', 'dr_detection.preprocess',
+                                    'dr_detection.screen', 'dr_detection.predict'])
 def test_no_heavy_imports(module):
     "In a fresh interpreter: `module` imports none of `HEAVY` and none of the pipeline modules `STAGES`."
     forbidden = HEAVY + tuple(f'dr_detection.{m}' for m in STAGES)

@@ -7,6 +7,7 @@ from PIL import Image, ImageFilter
 from dr_detection.config import QualityConfig, load_config
 from dr_detection.data import run_data, demo_dir
 from dr_detection.fundus import decode, find_disc, retina_mask
+from dr_detection.preprocess import PrepParams, prepare_file
 from dr_detection.quality import (REASONS, QualityParams, apply_policy, check_files, check_image, eyeq_agreement, read_eyeq,
                                   run_quality)
 from dr_detection.synthetic import draw_document, draw_fundus, draw_outdoor
@@ -110,6 +111,42 @@ def test_demo_run_rejects_bad_kinds_with_the_right_reason(tmp_path):
     csv = pd.read_csv(tmp_path/'quality.csv')
     assert {'eyeq_quality', 'auto_ok', 'quality_reasons', 'keep', 'focus', 'brightness'} <= set(csv.columns)
 
+def png(a) -> bytes:
+    b = io.BytesIO(); Image.fromarray(a).save(b, 'PNG'); return b.getvalue()
+
+def test_16bit_png_is_scaled_not_clipped(retina):
+    "A 16-bit greyscale PNG gives the 8-bit answer (measures within 1e-3, the same model input), not `washed_out`."
+    g8 = np.asarray(retina.convert('L'))
+    p8, p16 = png(g8), png(g8.astype(np.uint16)*257)
+    assert Image.open(io.BytesIO(p16)).mode.startswith('I')      # really 16 bit
+    q8, q16 = check_image(p8), check_image(p16)
+    assert q16['reasons'] == q8['reasons'] and 'washed_out' not in q16['reasons'], q16
+    for k, v in q8['measures'].items(): assert abs(q16['measures'][k] - v) <= 1e-3, (k, v, q16['measures'][k])
+    for size in (64, 256):
+        a16, a8 = (np.asarray(prepare_file(p, PrepParams(size=size))) for p in (p16, p8))
+        assert np.array_equal(a16, a8)
+
+def test_exif_rotated_photo_is_checked_upright(fundus):
+    "A photo stored sideways with an EXIF orientation tag gets the verdict and measures of the upright photo."
+    upright = jpeg(fundus)
+    for tag, turn in ((6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)):
+        b = io.BytesIO(); ex = Image.Exif(); ex[0x0112] = tag
+        fundus.transpose(turn).save(b, 'JPEG', quality=90, exif=ex)
+        q, q0 = check_image(b.getvalue()), check_image(upright)
+        assert (q['measures']['width'], q['measures']['height']) == (1200, 900), (tag, q['measures'])
+        assert q['ok'] == q0['ok'] and q['reasons'] == q0['reasons']
+        for k in ('centre_offset', 'field_frac', 'brightness', 'disc_fit'):
+            v, v0 = q['measures'][k], q0['measures'][k]
+            assert abs(v - v0) < 0.02*max(1, abs(v0)), (tag, k, v, v0)
+
+def test_greyscale_photo_of_a_fundus_is_not_gradable(retina, fundus):
+    for im in (retina, fundus):
+        assert check_image(jpeg(im))['ok']
+        for grey in (im.convert('L'), im.convert('L').convert('RGB')):   # an L-mode file, and R == G == B
+            for data in (jpeg(grey), png(np.asarray(grey))):
+                r = check_image(data)
+                assert not r['ok'] and 'greyscale' in r['reasons'] and r['measures']['colour'] < 0.01, r
+
 BROKEN_CROPS = ['15045_left', '13673_left']  # eyepacs-256 crops where the third party's crop missed the disc
 
 def test_every_real_photo_goes_through(shared):
@@ -130,3 +167,11 @@ def test_every_real_photo_goes_through(shared):
         m = r[r.folder == folder].merge(e, on='id')
         ag = eyeq_agreement(m.eyeq_quality, m.auto_ok)
         assert ag['gradable_pass_rate'] > 0.97 and ag['reject_recall'] > 0.4, (folder, ag)
+    # issue 12: gradable diseased eyes are not thrown away more than healthy ones (1024 px photos, every photo)
+    grades = pd.read_csv(shared/'labels/trainLabels.csv').rename(columns={'image': 'id', 'level': 'grade'})
+    m = r[r.folder == 'eyepacs-1024'].merge(grades, on='id').merge(e, on='id', how='left')
+    rej = ~m.auto_ok
+    dr, nodr = rej[m.grade >= 3].mean(), rej[m.grade == 0].mean()
+    gradable, reject = m.eyeq_quality.isin([0, 1]), m.eyeq_quality == 2
+    kept_bad, caught = rej[gradable].mean(), rej[reject].mean()
+    assert dr <= 1.5*nodr and kept_bad <= 0.03 and caught >= 0.75, (dr, nodr, kept_bad, caught)

@@ -93,7 +93,7 @@ def test_run_train_and_load_from_artifacts(prepared):
     j = json.loads((md / 'model.json').read_text())
     assert j == meta.model_dump(mode='json', exclude={'evaluation', 'cam_scale', 'cam_scale_source'}) and load_meta(md) == meta
     assert list(j) == ['format_version', 'arch', 'input_size', 'preprocess', 'normalize', 'class_names', 'threshold', 'threshold_source',
-                       'quality', 'onnx', 'weights', 'training', 'config', 'code_version', 'created']
+                       'quality', 'onnx', 'weights', 'training', 'config', 'code_version', 'created', 'screening']
     assert j['input_size'] == SIZE and j['threshold'] == 0.5 and j['training']['class_weighting'] == 'weighted_ce'
     assert j['training']['data']['train']['images'] == 10 and 'test' not in j['training']['data']
     net, meta2 = load_torch_model(md)
