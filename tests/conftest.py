@@ -188,3 +188,23 @@ def standin_run(tmp_path_factory) -> Path:
     "A stand-in run folder (24 patients, 64 px): relocatable, so tests copy it with `shutil.copytree`."
     return make_standin_run(tmp_path_factory.mktemp('standin'), n_patients=24, size=64)
 # ---- end of the evaluation fixtures ----
+
+
+# ---- the demo run (tests/test_demo.py, test_sources.py, test_calibrate.py) ----
+def _usable_demo(run:Path) -> bool:
+    "A finished demo run whose model this code can serve (an older pipeline's model.json is refused)."
+    from dr_detection.infer import load_meta
+    if not (run/'metrics.json').exists(): return False
+    try: load_meta(run/'model'); return True
+    except (OSError, ValueError): return False
+
+@pytest.fixture(scope='session')
+def demo_run(tmp_path_factory) -> Path:
+    "A demo run: `$DR_DEMO_RUN`, else a usable runs/demo, else `dr-reproduce configs/demo.yaml` now (about 2 minutes)."
+    if os.environ.get('DR_DEMO_RUN'): return Path(os.environ['DR_DEMO_RUN'])
+    if _usable_demo(ROOT/'runs'/'demo'): return ROOT/'runs'/'demo'
+    out = tmp_path_factory.mktemp('demo')
+    cmd = [str(Path(sys.executable).parent/'dr-reproduce'), '--config', str(ROOT/'configs/demo.yaml'), '--out', str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return out

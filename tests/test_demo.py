@@ -1,5 +1,5 @@
 "`make demo` end to end in a temporary folder: every stage runs, and what is served is what was evaluated."
-import json, os, subprocess, sys
+import json
 from pathlib import Path
 import pandas as pd
 import pytest
@@ -7,17 +7,8 @@ from fastapi.testclient import TestClient
 from dr_detection.data import read_table
 from dr_detection.serve import create_app
 
-ROOT = Path(__file__).resolve().parent.parent
-
-@pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-    "A demo run: `$DR_DEMO_RUN` if set (an existing `make demo` output), else `dr-reproduce` on configs/demo.yaml now."
-    if os.environ.get('DR_DEMO_RUN'): return Path(os.environ['DR_DEMO_RUN'])
-    out = tmp_path_factory.mktemp('demo')
-    cmd = [str(Path(sys.executable).parent/'dr-reproduce'), '--config', str(ROOT/'configs/demo.yaml'), '--out', str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return out
+@pytest.fixture
+def demo(demo_run): return demo_run
 
 def test_every_stage_wrote_its_outputs(demo):
     for f in ('manifest.csv', 'quality.csv', 'preprocessed.csv', 'model/model.json', 'model/model.onnx', 'metrics.json',

@@ -1,25 +1,15 @@
 """Served = evaluated on raw photos (issue 15 item 0): `dr-evaluate` on a manifest of raw photos (no `prep_path`) gives
 every photo the probability the service answers for the same file (max |diff| <= 1e-6), for synthetic demo photos,
 the demo run's photos and the natural-colour photos of ../shared/data."""
-import os, shutil
+import shutil
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, make_standin_model
+from conftest import make_standin_model
 from dr_detection.evaluate import evaluate_manifest
 from dr_detection.serve import ServedModel
 
-DEMO = Path(os.environ.get('DR_DEMO_RUN', ROOT/'runs'/'demo'))  # a reproduced demo run (make demo)
-
-def _demo_problem() -> str|None:
-    "Why the demo run's model cannot be used here (absent, or made by an older pipeline), or None."
-    if not (DEMO/'model'/'model.json').exists(): return f'no demo run (make demo) at {DEMO}'
-    try: ServedModel(DEMO/'model', threads=1)
-    except Exception as e: return f'demo model at {DEMO} is unusable with this code (re-run make demo): {e}'
-    return None
-
-DEMO_PROBLEM = _demo_problem()
 LEVEL_TO_LABEL = {0: 0, 3: 1, 4: 1}                            # the default label_map; grades 1-2 left out
 
 def raw_manifest(photos, levels:dict, path) -> Path:
@@ -54,9 +44,9 @@ def test_standin_model_served_as_evaluated(synthetic_photos, tmp_path):
     diff = served_vs_evaluated(model, raw_manifest(*synthetic_photos, tmp_path/'m.csv'), tmp_path/'ev')
     assert len(diff) >= 6 and diff.max() <= 1e-6, diff.max()
 
-@pytest.mark.skipif(DEMO_PROBLEM is not None, reason=str(DEMO_PROBLEM))
-def test_demo_model_served_as_evaluated_on_raw_demo_photos(tmp_path):
+def test_demo_model_served_as_evaluated_on_raw_demo_photos(demo_run, tmp_path):
     "The trained demo model on the raw demo photos (a copy of the run): evaluated = served, and the photos differ."
+    DEMO = demo_run
     shutil.copytree(DEMO/'model', tmp_path/'model')
     photos = sorted((DEMO/'demo_data'/'train').glob('*.jpeg'))[:24]
     lv = pd.read_csv(DEMO/'demo_data'/'trainLabels.csv')
@@ -65,17 +55,13 @@ def test_demo_model_served_as_evaluated_on_raw_demo_photos(tmp_path):
     prob = pd.read_csv(tmp_path/'ev'/'predictions.csv').prob
     assert len(diff) >= 15 and prob.std() > 0.05 and diff.max() <= 1e-6, diff.max()
 
-def _model_for_real(tmp_path) -> Path:
-    "The demo model when there is a demo run (a trained CNN), else a 128 px stand-in."
-    if DEMO_PROBLEM is None: return Path(shutil.copytree(DEMO/'model', tmp_path/'model'))
-    return make_standin_model(tmp_path/'model', 128, scale=40.)
-
-def test_natural_photos_served_as_evaluated(shared, tmp_path):
+def test_natural_photos_served_as_evaluated(shared, demo_run, tmp_path):
     "30 natural-colour eyepacs-1024 photos and 3 full-resolution IDRiD photos (4288x2848): evaluated = served."
     photos = sorted((shared/'eyepacs-1024'/'train').glob('*.jpeg'))[::16][:30]
     photos += sorted((shared/'fullres'/'idrid').glob('*.jpg'))[:3]
     lv = pd.read_csv(shared/'labels'/'trainLabels.csv')
     levels = {r.image: LEVEL_TO_LABEL.get(r.level) for r in lv.itertuples()}
     levels |= {p.stem: 1 for p in photos if 'IDRiD' in p.stem}   # every IDRiD photo shows DR
-    diff = served_vs_evaluated(_model_for_real(tmp_path), raw_manifest(photos, levels, tmp_path/'m.csv'), tmp_path/'ev')
+    diff = served_vs_evaluated(shutil.copytree(demo_run/'model', tmp_path/'model'), raw_manifest(photos, levels, tmp_path/'m.csv'),
+                               tmp_path/'ev')
     assert len(diff) >= 20 and diff.max() <= 1e-6, diff.max()
