@@ -58,6 +58,7 @@ class DataConfig(_Section):
     images: list[Path] = []           # folders of `<patient>_<left|right>.jpeg` (eyepacs source)
     labels: list[Path] = []           # trainLabels.csv, retinopathy_solution.csv (`image,level[,Usage]`), EyeQ CSVs
     eyeq_labels: list[Path] = []      # EyeQ quality CSVs (`,image,quality,DR_grade`)
+    exclude_patients_of: list[Path] = []  # folders whose patients are held out (leave-one-source-out)
     demo_patients: int = Field(16, ge=4)   # size of the synthetic demo dataset
     demo_seed: int = 0
     label_map: dict[int, Optional[int]] = {0: 0, 1: None, 2: None, 3: 1, 4: 1}  # grade -> class; None = excluded
@@ -66,11 +67,11 @@ class DataConfig(_Section):
     valid_frac: float = Field(0.2, gt=0, lt=1)  # fraction of the train patients kept for model selection
     seed: int = 42
 
-    @field_validator('images', 'labels', 'eyeq_labels', mode='before')
+    @field_validator('images', 'labels', 'eyeq_labels', 'exclude_patients_of', mode='before')
     @classmethod
     def _listify(cls, v): return [] if v is None else [v] if isinstance(v, (str, Path)) else v
 
-    @field_validator('images', 'labels', 'eyeq_labels', mode='after')
+    @field_validator('images', 'labels', 'eyeq_labels', 'exclude_patients_of', mode='after')
     @classmethod
     def _paths(cls, v, info): return [_must_exist(_resolve(p, info)) for p in v]
 
@@ -118,10 +119,18 @@ class TrainConfig(_Section):
     max_rotate: float = Field(180.0, ge=0, le=180)  # augmentation: rotation by up to this many degrees
     max_zoom: float = Field(1.1, ge=1)       # augmentation: zoom in by up to this factor
     max_lighting: float = Field(0.2, ge=0, lt=1)    # augmentation: brightness/contrast change
+    jpeg_quality: Optional[tuple[int, int]] = None  # augmentation: re-encode as JPEG at a quality in this range (None: off)
+    p_jpeg: float = Field(0.5, ge=0, le=1)   # share of training images re-encoded so
     workers: int = 0                         # DataLoader workers
     seed: int = 42
     deterministic: bool = True               # deterministic algorithms: same config, seed and machine = same weights
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
+
+    @field_validator('jpeg_quality', mode='after')
+    @classmethod
+    def _quality(cls, v):
+        if v is not None and not 1 <= v[0] <= v[1] <= 100: raise ValueError(f"jpeg_quality must be (low, high) within 1-100, got {v}")
+        return v
 
     @field_validator('weights_path', mode='after')
     @classmethod

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'TINY_RUN', 'LabelFileError', 'read_labels', 'read_label_files', 'parse_id', 'scan_images', 'map_labels',
-           'build_manifest', 'split_patients', 'write_table', 'read_table', 'usable_rows', 'demo_dir', 'dataset_inputs',
-           'plot_class_balance', 'run_data', 'build_upstream']
+           'build_manifest', 'split_patients', 'hold_out_patients', 'write_table', 'read_table', 'usable_rows',
+           'demo_dir', 'dataset_inputs', 'plot_class_balance', 'run_data', 'build_upstream']
 
 # %% ../nbs/00_data.ipynb #c004
 import importlib, json, os, re, shutil
@@ -146,6 +146,15 @@ def split_patients(m:pd.DataFrame, test_frac=0.2, valid_frac=0.2, seed=42) -> pd
         for i, p in enumerate(ps): split[p] = 'test' if i < n_test else 'valid' if i < n_test+n_valid else 'train'
     return m['patient'].map(split)
 
+# %% ../nbs/00_data.ipynb #117fe833
+def hold_out_patients(m:pd.DataFrame, folders) -> pd.DataFrame:
+    "Manifest `m` with every photo of a patient who has a photo in `folders` excluded, with the reason."
+    if not folders: return m
+    held = {p for p, _ in scan_images(folders)['id'].map(parse_id) if p is not None}
+    out = m.copy(); hit = out['patient'].isin(held) & out['excluded'].eq('')
+    out.loc[hit, 'excluded'] = 'patient held out (exclude_patients_of)'
+    return out
+
 # %% ../nbs/00_data.ipynb #c031
 _PATHS = ('path', 'prep_path')
 _BOOLS = ('duplicate', 'auto_ok', 'keep', 'prep_ok', 'cached')
@@ -237,6 +246,9 @@ def run_data(cfg:Config, run_dir) -> pd.DataFrame:
     folders, label_csvs, _ = dataset_inputs(cfg, run_dir)
     labels = read_label_files(label_csvs)
     m, report = build_manifest(labels, scan_images(folders), cfg.data.label_map, source=cfg.data.source)
+    if cfg.data.exclude_patients_of:
+        m = hold_out_patients(m, cfg.data.exclude_patients_of)
+        report |= dict(kept=int((m.excluded == '').sum()), excluded=m.excluded[m.excluded != ''].value_counts().to_dict())
     m['split'] = split_patients(m, cfg.data.test_frac, cfg.data.valid_frac, cfg.data.seed)
     kept = m[m.excluded == '']
     report['split_counts'] = {f'{s}/{l}': int(n) for (s, l), n in kept.groupby(['split', 'label']).size().items()}

@@ -374,13 +374,19 @@ def endpoint_check(m:dict, endpoints:dict=IDX_DR_ENDPOINTS) -> dict:
     return out
 
 # %% ../nbs/04_evaluate.ipynb #h029
-def imageability(d:pd.DataFrame, pt:pd.DataFrame) -> dict:
-    "Share of photos with a usable result, and of patients with every photo / at least one photo gradable."
+def imageability(d:pd.DataFrame, pt:pd.DataFrame, n_boot:int=1000, seed:int=0) -> dict:
+    "Share of photos with a usable result, and of patients with every photo / at least one photo gradable; bootstrap CIs."
     n, k = len(d), int(d.gradable.sum())
-    alls, anys = int((pt.n_gradable == pt.n_photos).sum()), int((pt.n_gradable > 0).sum())
-    return dict(photos=dict(n=n, gradable=k, share=_ratio(k, n)),
-                patients=dict(n=len(pt), all_gradable=alls, share_all=_ratio(alls, len(pt)), any_gradable=anys,
-                              share_any=_ratio(anys, len(pt))))
+    all_, any_ = (pt.n_gradable == pt.n_photos).to_numpy(), (pt.n_gradable > 0).to_numpy()
+    gd = d.gradable.to_numpy(bool)
+    ci = lambda f, g: bootstrap_ci(f, g, n_boot, seed) if n_boot and len(g) else {}
+    c1 = ci(lambda i: dict(share=gd[i].mean()), d.patient.to_numpy())
+    c2 = ci(lambda i: dict(share_all=all_[i].mean(), share_any=any_[i].mean()), np.arange(len(pt)))
+    lohi = lambda c, key: [c[key]['lo'], c[key]['hi']] if key in c else [np.nan, np.nan]
+    return dict(photos=dict(n=n, gradable=k, share=_ratio(k, n), ci=lohi(c1, 'share')),
+                patients=dict(n=len(pt), all_gradable=int(all_.sum()), share_all=_ratio(int(all_.sum()), len(pt)),
+                              ci_all=lohi(c2, 'share_all'), any_gradable=int(any_.sum()),
+                              share_any=_ratio(int(any_.sum()), len(pt)), ci_any=lohi(c2, 'share_any')))
 
 # %% ../nbs/04_evaluate.ipynb #h031
 def screening_block(d:pd.DataFrame, threshold:float, policy:ScreeningPolicy, n_boot:int=1000, seed:int=0) -> dict:
@@ -397,7 +403,7 @@ def screening_block(d:pd.DataFrame, threshold:float, policy:ScreeningPolicy, n_b
     pat['gradable_only'].update(auc=roc_auc(y, s), auc_ci=[ci.get('lo', np.nan), ci.get('hi', np.nan)])
     for m in (*img.values(), *pat.values()): m['endpoints'] = endpoint_check(m)
     return dict(threshold=float(threshold), policy=policy.model_dump(), image=img, patient=pat,
-                imageability=imageability(d, pt), excluded_patients=pt[pt.label.isna()].excluded.value_counts().to_dict())
+                imageability=imageability(d, pt, n_boot, seed), excluded_patients=pt[pt.label.isna()].excluded.value_counts().to_dict())
 
 # %% ../nbs/04_evaluate.ipynb #h034
 def _flag(s:pd.Series) -> pd.Series:
@@ -812,9 +818,11 @@ def _card_screening(scr:dict|None) -> str:
         f"{sum(ex.values())} test patients fit neither and are left out.\n",
         "| level | population | n | DR | sensitivity (95% CI) | specificity (95% CI) | IDx-DR endpoints (sens > 0.85, spec > 0.825) |",
         "|---|---|---|---|---|---|---|", *rows, "",
-        f"Imageability: {im['photos']['gradable']} of {im['photos']['n']} test photos gradable ({_fmt(im['photos']['share'])}); "
-        f"{im['patients']['all_gradable']} of {im['patients']['n']} patients ({_fmt(im['patients']['share_all'])}) with every "
-        f"photo gradable, {im['patients']['any_gradable']} ({_fmt(im['patients']['share_any'])}) with at least one. "
+        f"Imageability: {im['photos']['gradable']} of {im['photos']['n']} test photos gradable "
+        f"({_fmt_ci(im['photos']['share'], *im['photos'].get('ci', [np.nan]*2))}); {im['patients']['all_gradable']} of "
+        f"{im['patients']['n']} patients ({_fmt_ci(im['patients']['share_all'], *im['patients'].get('ci_all', [np.nan]*2))}) "
+        f"with every photo gradable, {im['patients']['any_gradable']} "
+        f"({_fmt_ci(im['patients']['share_any'], *im['patients'].get('ci_any', [np.nan]*2))}) with at least one. "
         "(IDx-DR's pivotal trial: 96.1% of participants had a result.)\n\n"])
 
 # %% ../nbs/04_evaluate.ipynb #h054

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 from .fundus import decode, erode, parallel_map, retina_mask, to_rgb
 if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions import it when they run)
@@ -17,8 +17,8 @@ if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions 
 
 # %% auto #0
 __all__ = ['PREP_VERSION', 'IMAGENET_STATS', 'Disc', 'locate_disc', 'show_discs', 'crop_to_disc', 'subtract_local_average',
-           'mask_circle', 'PrepParams', 'prepare', 'prepare_file', 'show_before_after', 'fill_stats', 'decode_speed',
-           'read_stamp', 'encode', 'write_atomic', 'normalisation', 'run_preprocess']
+           'mask_circle', 'equalize_retina', 'PrepParams', 'prepare', 'prepare_file', 'show_before_after', 'fill_stats',
+           'decode_speed', 'read_stamp', 'encode', 'write_atomic', 'normalisation', 'run_preprocess']
 
 # %% ../nbs/02_preprocess.ipynb #3e4e18b9
 @dataclass
@@ -154,11 +154,24 @@ def mask_circle(img:Image.Image, frac:float=0.95) -> Image.Image:
     a = np.asarray(img).copy(); a[~inside] = 0
     return Image.fromarray(a)
 
+# %% ../nbs/02_preprocess.ipynb #2373852d
+def equalize_retina(img:Image.Image, thresh:int=10) -> Image.Image:
+    "Per-channel histogram equalisation over the retina (inscribed circle, pixels above `thresh`); black outside."
+    w, h = img.size
+    yy, xx = np.ogrid[:h, :w]
+    a = np.asarray(img)
+    inside = ((xx+0.5-w/2)**2 + (yy+0.5-h/2)**2 <= (min(w, h)/2)**2) & (a.max(-1) > thresh)
+    if not inside.any(): return img
+    out = np.asarray(ImageOps.equalize(img, mask=Image.fromarray(inside.astype(np.uint8)*255))).copy()
+    out[~inside] = 0
+    return Image.fromarray(out)
+
 # %% ../nbs/02_preprocess.ipynb #1bc992cc
 class PrepParams(BaseModel):
     "Everything that changes the prepared pixels."
     model_config = ConfigDict(extra='forbid', validate_assignment=True)
     size: int = Field(512, ge=32)            # output side, px
+    equalize: bool = False                   # per-channel histogram equalisation over the retina (one look for all sources)
     ben_graham: bool = False                 # subtract the local average colour (Kaggle 2015 winner)
     ben_sigma_frac: float = 1/30             # Gaussian sigma as a fraction of the retina radius
     mask: bool = False                       # black out everything outside the disc
@@ -183,10 +196,11 @@ def _to_pil(img) -> Image.Image:
 
 # %% ../nbs/02_preprocess.ipynb #4ff31b5a
 def prepare(img, params:PrepParams|None=None, disc:Disc|None=None) -> Image.Image:
-    "Model input for decoded `img`: crop to the retina disc, pad to a black square, resize, optional Ben Graham and mask."
+    "Model input for decoded `img`: crop to the retina disc, pad to a black square, resize; optional equalisation, Ben Graham, mask."
     p = PrepParams() if params is None else params
     im = _to_pil(img)
     out = crop_to_disc(im, disc or locate_disc(im), p.size)
+    if p.equalize: out = equalize_retina(out)
     if p.ben_graham: out = subtract_local_average(out, p.ben_sigma_frac*p.size/2)
     if p.mask: out = mask_circle(out, p.mask_frac)
     return out
@@ -212,7 +226,7 @@ def prepare_file(src,                              # path, bytes or file object 
 def show_before_after(srcs:dict, size:int=256, options:list[dict]|None=None, fname=None):
     "Grid: each source (path, bytes or image) as given, then `prepare`d with each kwargs dict of `options`."
     import matplotlib.pyplot as plt
-    options = options or [dict(), dict(ben_graham=True, mask=True)]
+    options = options or [dict(), dict(equalize=True), dict(ben_graham=True, mask=True)]
     fig, axs = plt.subplots(1+len(options), len(srcs), figsize=(2.6*len(srcs), 2.6*(1+len(options))), squeeze=False)
     for j, (title, s) in enumerate(srcs.items()):
         im = s if isinstance(s, Image.Image) else decode(s, size)

@@ -5,15 +5,15 @@
 # %% auto #0
 __all__ = ['ARCHS', 'TF_STATS', 'arch_stats', 'DRNet', 'dr_splitter', 'PretrainedWeightsError', 'load_weights_file',
            'torchvision_state_dict', 'resnet_body', 'lite0_key', 'lite0_weights_file', 'efficientnet_lite0',
-           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'make_dls', 'valid_auc', 'KeepBest',
-           'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state', 'config_fingerprint',
-           'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL', 'DDPTrainer', 'ddp_ctx',
-           'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport', 'export_onnx',
-           'onnx_parity', 'code_version', 'model_meta', 'save_model', 'load_torch_model', 'plot_training',
-           'data_summary', 'run_train', 'train_main']
+           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'make_dls', 'valid_auc',
+           'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state',
+           'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL',
+           'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport',
+           'export_onnx', 'onnx_parity', 'code_version', 'model_meta', 'save_model', 'load_torch_model',
+           'plot_training', 'data_summary', 'run_train', 'train_main']
 
 # %% ../nbs/03_train.ipynb #c004
-import datetime, hashlib, json, math, operator, os, random, shutil, socket, subprocess, sys, time, warnings
+import datetime, hashlib, io, json, math, operator, os, random, shutil, socket, subprocess, sys, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -27,7 +27,8 @@ from fastai.torch_core import set_seed, rank_distrib, num_distrib, params, find_
 from fastai.data.block import DataBlock, CategoryBlock, ColReader, ColSplitter
 from fastai.data.transforms import Normalize
 from fastai.vision.data import ImageBlock
-from fastai.vision.augment import aug_transforms
+from fastai.vision.augment import RandTransform, aug_transforms
+from fastai.vision.core import PILImage
 from fastai.learner import Learner
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback
@@ -190,14 +191,28 @@ def class_weights(labels, n_classes:int=2) -> list:
     counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
     return (counts.sum() / (n_classes * np.maximum(counts, 1))).tolist()
 
+# %% ../nbs/03_train.ipynb #2c1a8e0d
+class RandomJPEG(RandTransform):
+    "Re-encode a training image as JPEG at a random quality in `quality` (a share `p` of them)."
+    split_idx, order = 0, 2  # training set only; before `ToTensor`
+    def __init__(self, quality:tuple=(30, 95), p:float=0.5):
+        super().__init__(p=p); self.quality = tuple(quality)
+    def before_call(self, b, split_idx):
+        super().before_call(b, split_idx)
+        self.q = random.randint(*self.quality)
+    def encodes(self, x:PILImage) -> PILImage:
+        buf = io.BytesIO(); x.save(buf, 'JPEG', quality=self.q)
+        return PILImage.create(buf.getvalue())
+
 # %% ../nbs/03_train.ipynb #c052
 def make_dls(df:pd.DataFrame, cfg:Config, device=None):
-    "fastai `DataLoaders` of `training_rows`: fundus augmentations, arch normalisation."
+    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG if configured), arch normalisation."
     tc = cfg.train
     tfms = aug_transforms(do_flip=True, flip_vert=True, max_rotate=tc.max_rotate, max_zoom=tc.max_zoom,
                           max_lighting=tc.max_lighting, max_warp=0., p_affine=0.75, p_lighting=0.75, pad_mode='zeros')
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=ColReader('prep_path'),
                        get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
+                       item_tfms=[RandomJPEG(tc.jpeg_quality, tc.p_jpeg)] if tc.jpeg_quality else None,
                        batch_tfms=[*tfms, Normalize.from_stats(**arch_stats(tc.arch))])
     n_train = int((~df.is_valid).sum()) // max(1, num_distrib())  # each process's share of the training images
     kw = dict(bs=max(1, min(tc.batch_size, n_train)), num_workers=tc.workers, device=device)

@@ -215,7 +215,8 @@ def test_run_evaluate_screening(standin_run, tmp_path):
     assert pt.loc['rtest', 'outcome'] == 'refer' and 'left eye ungradable' in pt.loc['rtest', 'reason']
     assert pt.loc['rtest', 'label'] == 1 and pt.loc['rtest', 'n_gradable'] == 1
     im = s['test']['imageability']
-    assert im['photos'] == dict(n=len(te), gradable=int(te.keep.sum()), share=te.keep.mean())
+    assert {k: im['photos'][k] for k in ('n', 'gradable', 'share')} == dict(n=len(te), gradable=int(te.keep.sum()), share=te.keep.mean())
+    lo, hi = im['photos']['ci']; assert lo <= im['photos']['share'] <= hi   # patient-bootstrap CI around it
     assert s['rejection']['class']['DR']['rejected'] == 2 and s['rejection']['class']['No DR']['rejected'] == 0
     meta = load_meta(run/'model')
     assert meta.screening.model_dump() == s['policy'] and meta.screening.eye_rule in ('max', 'mean')
