@@ -7,15 +7,14 @@ __all__ = ['IMAGE_EXTS', 'COLUMNS', 'photo_files', 'eye_of', 'check_header', 'pr
            'predict_files', 'predict_main']
 
 # %% ../nbs/04a_predict.ipynb #c003
-import csv, io, re, sys, time, warnings
+import csv, re, sys, time
 from pathlib import Path
 import numpy as np
-from PIL import Image
 from fastcore.script import Param, call_parse
 from tqdm.auto import tqdm
 from .infer import ModelMeta, load_meta, onnx_path, ort_session, prepare_photo, run_model, to_input
 from .quality import check_image
-from .serve import FORMATS, MAX_PIXELS  # exactly what the service accepts
+from .serve import MAX_PIXELS, BadInput, check_upload  # exactly what the service accepts
 from .screen import eye_outcome, patient_decision
 
 # %% ../nbs/04a_predict.ipynb #c006
@@ -36,17 +35,9 @@ def eye_of(path) -> tuple[str, str]:
 
 # %% ../nbs/04a_predict.ipynb #c013
 def check_header(data:bytes, max_pixels:int=MAX_PIXELS) -> str:
-    "The image format from the header alone; ValueError for an empty file, another format or too many pixels."
-    if not data: raise ValueError('the file is empty (0 bytes)')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im: fmt, (w, h) = im.format, im.size
-        except Image.DecompressionBombError: raise ValueError('the image declares far too many pixels') from None
-        except Exception as e: raise ValueError(f'not an image file ({type(e).__name__})') from None
-    if fmt not in FORMATS: raise ValueError(f'unsupported format {fmt} (accepted: {", ".join(FORMATS)})')
-    if w * h > max_pixels: raise ValueError(f'{w}x{h} pixels is more than the {max_pixels/1e6:g} MP accepted')
-    return fmt
+    "The image format from the header alone, by the service's own `check_upload`; ValueError with its message if refused."
+    try: return check_upload(data, max_pixels)[0]
+    except BadInput as e: raise ValueError(e.detail) from None
 
 # %% ../nbs/04a_predict.ipynb #c015
 def _decode_error(q:dict) -> str:
