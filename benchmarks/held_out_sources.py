@@ -63,7 +63,7 @@ def main(model:Path=None,            # model folder (trained without eyepacs-102
         m = evaluate_manifest(model, f, Path(out)/name, 'all', False, bootstrap, 0)
         rows.append(row(name, m, pd.read_csv(Path(out)/name/'predictions.csv')))
     t = pd.DataFrame(rows).set_index('source')
-    with pd.option_context('display.width', 200, 'display.float_format', '{:.3f}'.format): print(t)
+    print(t.to_string(float_format='{:.3f}'.format))
     for s, tg in TARGETS.items():
         if s in t.index:
             ok = all(t.loc[s, k] >= v for k, v in tg.items())
