@@ -659,3 +659,5 @@ def train_main(config:str=None,  # YAML config (configs/*.yaml)
     if not (config and run_dir): raise ValueError("dr-train: --config and --run_dir are both required")
     meta = run_train(load_config(config), run_dir, resume=resume, processes=processes)
     if rank_distrib() == 0: print(json.dumps(meta.training, indent=1, default=str))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank ends together, and
+        torch.distributed.barrier(); torch.distributed.destroy_process_group()   # gloo's threads stop before exit
