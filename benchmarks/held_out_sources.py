@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 from dr_detection.config import shared_data
+from dr_detection.data import parse_id, read_labels
 from dr_detection.evaluate import evaluate_manifest
 from dr_detection.infer import load_meta
 
@@ -20,10 +21,10 @@ TARGETS = {'eyepacs-1024': dict(sensitivity=0.85, specificity=0.80), 'idrid': di
 
 def manifests(data:Path, label_map:dict, out:Path) -> dict:
     "Manifest CSVs of eyepacs-1024 (grades from trainLabels.csv mapped by `label_map`) and of IDRiD (all DR)."
-    grades = pd.read_csv(data/'labels'/'trainLabels.csv').set_index('image').level
-    ep = [dict(id=p.stem, patient=p.stem.rsplit('_', 1)[0], eye=p.stem.rsplit('_', 1)[1], path=str(p), source='eyepacs-1024',
+    grades = read_labels(data/'labels'/'trainLabels.csv').set_index('id').grade
+    ep = [dict(id=p.stem, patient=pat, eye=eye, path=str(p), source='eyepacs-1024',
                label=label_map.get(int(grades[p.stem])) if p.stem in grades.index else None)
-          for p in sorted((data/'eyepacs-1024'/'train').glob('*.jpeg'))]
+          for p in sorted((data/'eyepacs-1024'/'train').glob('*.jpeg')) for pat, eye in [parse_id(p.stem)]]
     idrid = [dict(id=p.stem, patient=p.stem, eye='unknown', path=str(p), source='idrid', label=1)
              for p in sorted((data/'fullres'/'idrid').glob('*.jpg'))]
     out.mkdir(parents=True, exist_ok=True); files = {}
