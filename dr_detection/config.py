@@ -121,6 +121,8 @@ class TrainConfig(_Section):
     max_lighting: float = Field(0.2, ge=0, lt=1)    # augmentation: brightness/contrast change
     jpeg_quality: Optional[tuple[int, int]] = None  # augmentation: re-encode as JPEG at a quality in this range (None: off)
     p_jpeg: float = Field(0.5, ge=0, le=1)   # share of training images re-encoded so
+    noise: float = Field(0., ge=0, le=64)    # augmentation: Gaussian pixel noise, sigma up to this many grey levels (0: off)
+    flip_average: bool = False               # the exported graph averages the image and its 3 flips: steadier, 4x the compute
     workers: int = 0                         # DataLoader workers
     seed: int = 42
     deterministic: bool = True               # deterministic algorithms: same config, seed and machine = same weights

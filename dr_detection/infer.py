@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['CAM_PERCENTILE', 'NormalizeInfo', 'OnnxInfo', 'WeightsInfo', 'ModelMeta', 'load_meta', 'onnx_path', 'ort_session',
-           'to_input', 'run_model', 'prepare_photo', 'colorize', 'cam_scale', 'model_cam_scale', 'cam_heat',
-           'cam_overlay']
+           'to_input', 'run_model', 'prep_params', 'prepare_photo', 'colorize', 'cam_scale', 'model_cam_scale',
+           'cam_heat', 'cam_overlay']
 
 # %% ../nbs/03a_infer.ipynb #c003
 import io, json, math, os
 from pathlib import Path
+from typing import Literal
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +32,7 @@ class OnnxInfo(BaseModel):
     input: str = 'image'                  # input tensor [N,3,S,S]
     outputs: list[str] = ['prob', 'cam']  # P(DR) [N] and the CAM [N,h,w]
     opset: int = 17                       # ONNX opset of the export
+    flips: Literal[1, 4] = 1              # views the graph averages: 1, or 4 (the image and its three flips)
     cam_shape: list[int]                  # [h, w] of the CAM
     cam_bias: float                       # logit offset: sigmoid(mean(cam) + cam_bias) = prob
     cam_note: str = 'sigmoid(mean(cam) + cam_bias) = prob'
@@ -121,9 +123,13 @@ def run_model(sess, meta:ModelMeta, x:np.ndarray, with_cam:bool=True) -> tuple[n
     return r[0].reshape(-1), (r[1] if with_cam else None)
 
 # %% ../nbs/03a_infer.ipynb #c031
+def prep_params(meta:ModelMeta) -> PrepParams:
+    "The `PrepParams` the model was trained with, at its input size."
+    return meta.preprocess.model_copy(update={'size': meta.input_size})
+
 def prepare_photo(src, meta:ModelMeta, image:Image.Image|None=None) -> Image.Image:
     "A raw photo (path or bytes) as the model's input image: 02's preparation and cache."
-    params = meta.preprocess.model_copy(update={'size': meta.input_size})
+    params = prep_params(meta)
     pc = meta.config.get('preprocess') or {}
     fmt, quality = pc.get('format', 'jpeg'), int(pc.get('jpeg_quality', 95))
     data = encode(prepare_file(src, params, image=image), fmt=fmt, jpeg_quality=quality)

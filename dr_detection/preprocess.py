@@ -172,10 +172,16 @@ class PrepParams(BaseModel):
     model_config = ConfigDict(extra='forbid', validate_assignment=True)
     size: int = Field(512, ge=32)            # output side, px
     equalize: bool = False                   # per-channel histogram equalisation over the retina (one look for all sources)
+    equalize_oversample: int = Field(1, ge=1, le=4)  # equalise at this multiple of `size`, then average down (less jitter)
     ben_graham: bool = False                 # subtract the local average colour (Kaggle 2015 winner)
     ben_sigma_frac: float = 1/30             # Gaussian sigma as a fraction of the retina radius
     mask: bool = False                       # black out everything outside the disc
     mask_frac: float = 0.95                  # radius of that mask, fraction of the retina radius
+
+    @property
+    def work_size(self) -> int:
+        "The side the disc is cropped to before any reduction: `size`, times the oversampling when equalising."
+        return self.size*(self.equalize_oversample if self.equalize else 1)
 
     @classmethod
     def of(cls, obj) -> PrepParams:
@@ -199,8 +205,9 @@ def prepare(img, params:PrepParams|None=None, disc:Disc|None=None) -> Image.Imag
     "Model input for decoded `img`: crop to the retina disc, pad to a black square, resize; optional equalisation, Ben Graham, mask."
     p = PrepParams() if params is None else params
     im = _to_pil(img)
-    out = crop_to_disc(im, disc or locate_disc(im), p.size)
+    out = crop_to_disc(im, disc or locate_disc(im), p.work_size)
     if p.equalize: out = equalize_retina(out)
+    if p.work_size > p.size: out = out.reduce(p.work_size//p.size)
     if p.ben_graham: out = subtract_local_average(out, p.ben_sigma_frac*p.size/2)
     if p.mask: out = mask_circle(out, p.mask_frac)
     return out
@@ -209,15 +216,15 @@ def prepare(img, params:PrepParams|None=None, disc:Disc|None=None) -> Image.Imag
 def prepare_file(src,                              # path, bytes or file object of a photo
                  params:PrepParams|None=None,      # preprocessing parameters (None: the defaults)
                  with_disc:bool=False,             # also return the `Disc` found
-                 image:Image.Image|None=None,      # `decode(src, params.size)`, if the caller has it already
+                 image:Image.Image|None=None,      # `decode(src, params.work_size)`, if the caller has it already
                 ):
     "`prepare` of the photo `src`, decoded fast (JPEG draft) but never below the output's resolution."
     p = PrepParams() if params is None else params
     if hasattr(src, 'read'): src = src.read()
-    im = image if image is not None else decode(src, p.size)
+    im = image if image is not None else decode(src, p.work_size)
     disc = locate_disc(im)
-    if disc.method != 'whole' and 2*disc.r < p.size and im.size[0]*im.size[1] < math.prod(im.info['original_size']):
-        im2 = decode(src, math.ceil(min(im.size)*p.size/(2*disc.r)))
+    if disc.method != 'whole' and 2*disc.r < p.work_size and im.size[0]*im.size[1] < math.prod(im.info['original_size']):
+        im2 = decode(src, math.ceil(min(im.size)*p.work_size/(2*disc.r)))
         disc, im = disc.scaled(im2.size[0]/im.size[0]), im2
     out = prepare(im, p, disc=disc)
     return (out, disc) if with_disc else out

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from .infer import load_meta, onnx_path, ort_session, to_input, run_model, prepare_photo, model_cam_scale, cam_overlay
+from .infer import load_meta, onnx_path, ort_session, to_input, run_model, prep_params, prepare_photo, model_cam_scale, cam_overlay
 from .fundus import decode, decode_target, open_image
 from .quality import check_image
 from .screen import ScreeningPolicy, eye_outcome, patient_decision
@@ -189,7 +189,7 @@ def inputs(self:ServedModel, data:bytes, max_pixels:int=MAX_PIXELS) -> tuple[np.
     "Check and prepare one upload, quality check started alongside: input [1,3,S,S], context."
     t0 = time.perf_counter()
     fmt, _ = check_upload(data, max_pixels)
-    first = decode_once(data, self.size, self.meta.quality.decode_size)
+    first = decode_once(data, prep_params(self.meta).work_size, self.meta.quality.decode_size)
     q = self.check_async(data if first is None else first)  # independent of the model input: runs meanwhile
     try: photo = self.prepare(data, first)
     except MemoryError: raise BadInput(503, "the service is short of memory just now: retry in a moment") from None

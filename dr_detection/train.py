@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['ARCHS', 'TF_STATS', 'arch_stats', 'DRNet', 'dr_splitter', 'PretrainedWeightsError', 'load_weights_file',
            'torchvision_state_dict', 'resnet_body', 'lite0_key', 'lite0_weights_file', 'efficientnet_lite0',
-           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'make_dls', 'valid_auc',
-           'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state',
+           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'RandomNoise', 'make_dls',
+           'valid_auc', 'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state',
            'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL',
            'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport',
            'export_onnx', 'onnx_parity', 'code_version', 'model_meta', 'save_model', 'load_torch_model',
@@ -23,7 +23,7 @@ from torch import nn
 from fastcore.script import call_parse
 import yaml
 from fastcore.foundation import L
-from fastai.torch_core import set_seed, rank_distrib, num_distrib, params, find_bs
+from fastai.torch_core import TensorImage, set_seed, rank_distrib, num_distrib, params, find_bs
 from fastai.data.block import DataBlock, CategoryBlock, ColReader, ColSplitter
 from fastai.data.transforms import Normalize
 from fastai.vision.data import ImageBlock
@@ -204,16 +204,26 @@ class RandomJPEG(RandTransform):
         buf = io.BytesIO(); x.save(buf, 'JPEG', quality=self.q)
         return PILImage.create(buf.getvalue())
 
+# %% ../nbs/03_train.ipynb #cdeb17ee
+class RandomNoise(RandTransform):
+    "Add Gaussian noise to a training batch, sigma drawn per image in [0, `levels`] grey levels (of 255)."
+    split_idx, order = 0, 90  # training set only; after lighting (40), before `Normalize` (99)
+    def __init__(self, levels:float=4., p:float=1.):
+        super().__init__(p=p); self.levels = levels
+    def encodes(self, x:TensorImage) -> TensorImage:
+        sigma = torch.rand(x.shape[0], 1, 1, 1, device=x.device) * (self.levels/255)
+        return (x + sigma*torch.randn_like(x)).clamp(0, 1)
+
 # %% ../nbs/03_train.ipynb #c052
 def make_dls(df:pd.DataFrame, cfg:Config, device=None):
-    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG if configured), arch normalisation."
+    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG, noise if configured), arch normalisation."
     tc = cfg.train
     tfms = aug_transforms(do_flip=True, flip_vert=True, max_rotate=tc.max_rotate, max_zoom=tc.max_zoom,
                           max_lighting=tc.max_lighting, max_warp=0., p_affine=0.75, p_lighting=0.75, pad_mode='zeros')
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=ColReader('prep_path'),
                        get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
                        item_tfms=[RandomJPEG(tc.jpeg_quality, tc.p_jpeg)] if tc.jpeg_quality else None,
-                       batch_tfms=[*tfms, Normalize.from_stats(**arch_stats(tc.arch))])
+                       batch_tfms=[*tfms, *([RandomNoise(tc.noise)] if tc.noise else []), Normalize.from_stats(**arch_stats(tc.arch))])
     n_train = int((~df.is_valid).sum()) // max(1, num_distrib())  # each process's share of the training images
     kw = dict(bs=max(1, min(tc.batch_size, n_train)), num_workers=tc.workers, device=device)
     if tc.class_weighting == 'sampler':
@@ -503,32 +513,37 @@ def launch_train(cfg:Config, run_dir, processes:int, resume:bool=False) -> Model
 
 # %% ../nbs/03_train.ipynb #c072
 class CAMExport(nn.Module):
-    "ONNX wrapper: image `[N,3,S,S]` -> (P(DR) `[N]`, raw CAM `[N,h,w]`)."
-    def __init__(self, net:DRNet): super().__init__(); self.net = net
+    "ONNX wrapper: image `[N,3,S,S]` -> (P(DR) `[N]`, raw CAM `[N,h,w]`), averaged over `flips` views (1 or 4)."
+    def __init__(self, net:DRNet, flips:int=1): super().__init__(); self.net, self.flips = net, flips
     def forward(self, image):
-        f = self.net.body(image)
-        prob = self.net.fc(self.net.pool(f).flatten(1)).softmax(1)[:, 1]
-        return prob, self.net.cam(f)
+        views = [image] if self.flips == 1 else [image, image.flip(-1), image.flip(-2), image.flip(-2, -1)]
+        f = self.net.body(torch.cat(views))
+        logits = self.net.fc(self.net.pool(f).flatten(1))
+        d = (logits[:, 1] - logits[:, 0]).view(len(views), -1).mean(0)   # mean logit difference: the CAM identity holds
+        cams = self.net.cam(f).view(len(views), *image.shape[:1], *f.shape[-2:])
+        dims = [(), (-1,), (-2,), (-2, -1)]
+        cam = sum(c.flip(dims[i]) if dims[i] else c for i, c in enumerate(cams)) / len(views)  # each flipped back
+        return torch.sigmoid(d), cam
 
 # %% ../nbs/03_train.ipynb #c074
-def export_onnx(net:DRNet, fname, size:int, opset:int=17) -> Path:
-    "Export `net` as ONNX: `image` -> `prob`, `cam`, with a dynamic batch axis."
+def export_onnx(net:DRNet, fname, size:int, opset:int=17, flips:int=1) -> Path:
+    "Export `net` (averaged over `flips` views) as ONNX: `image` -> `prob`, `cam`, with a dynamic batch axis."
     net = net.float().cpu().eval().to(memory_format=torch.contiguous_format)
     x = torch.randn(2, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(CAMExport(net), (x,), str(fname), input_names=['image'], output_names=['prob', 'cam'],
+        torch.onnx.export(CAMExport(net, flips), (x,), str(fname), input_names=['image'], output_names=['prob', 'cam'],
                           opset_version=opset, dynamic_axes={k: {0: 'N'} for k in ('image', 'prob', 'cam')},
                           dynamo=False)
     return Path(fname)
 
 # %% ../nbs/03_train.ipynb #c076
-def onnx_parity(net:DRNet, fname, x) -> dict:
+def onnx_parity(net:DRNet, fname, x, flips:int=1) -> dict:
     "Max abs differences of prob and CAM between PyTorch and onnxruntime on `x`."
     import onnxruntime as ort
     sess = ort.InferenceSession(str(fname), providers=['CPUExecutionProvider'])
     prob, cam = sess.run(['prob', 'cam'], {'image': x.numpy().astype(np.float32)})
-    with torch.no_grad(): p_t, c_t = CAMExport(net.float().cpu().eval())(x)
+    with torch.no_grad(): p_t, c_t = CAMExport(net.float().cpu().eval(), flips)(x)
     return dict(prob=float(np.abs(prob - p_t.numpy()).max()), cam=float(np.abs(cam - c_t.numpy()).max()),
                 cam_rel=float(np.abs(cam - c_t.numpy()).max() / max(np.abs(c_t.numpy()).max(), 1e-12)))
 
@@ -548,7 +563,7 @@ def model_meta(net:DRNet, cfg:Config, training:dict, cam_shape) -> ModelMeta:
     return ModelMeta(arch=cfg.train.arch, input_size=cfg.preprocess.size, preprocess=PrepParams.of(cfg.preprocess),
                      normalize=NormalizeInfo(**arch_stats(cfg.train.arch)), class_names=list(cfg.data.class_names),
                      quality=QualityParams.of(cfg.quality), weights=WeightsInfo(),
-                     onnx=OnnxInfo(cam_shape=list(cam_shape), cam_bias=net.cam_bias()),
+                     onnx=OnnxInfo(cam_shape=list(cam_shape), cam_bias=net.cam_bias(), flips=4 if cfg.train.flip_average else 1),
                      training=training, config=cfg.model_dump(mode='json'), code_version=code_version(),
                      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
@@ -568,10 +583,10 @@ def save_model(net:DRNet, cfg:Config, model_dir, training:dict|None=None) -> Mod
     net = net.float().cpu().eval().to(memory_format=torch.contiguous_format)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir/'model.safetensors'),
               metadata={'arch': cfg.train.arch})
-    S = cfg.preprocess.size
-    export_onnx(net, model_dir/'model.onnx', S)
+    S, flips = cfg.preprocess.size, 4 if cfg.train.flip_average else 1
+    export_onnx(net, model_dir/'model.onnx', S, flips=flips)
     x = torch.randn(2, 3, S, S)
-    par = onnx_parity(net, model_dir/'model.onnx', x)
+    par = onnx_parity(net, model_dir/'model.onnx', x, flips)
     if par['prob'] > 1e-4: raise RuntimeError(f"ONNX export does not match PyTorch: {par}")
     with torch.no_grad(): cam_shape = net.body(x[:1]).shape[-2:]
     meta = model_meta(net, cfg, dict(training or {}, onnx_parity=par), cam_shape)

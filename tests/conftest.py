@@ -116,7 +116,7 @@ def start_server(tmp_path_factory):
 
 # ---- evaluation fixtures (tests/test_evaluate.py): a stand-in model and run folder ----
 
-def make_standin_model(model_dir, size:int=64, scale:float=1.0, bias:float=0.0, cam_cells:int=8) -> Path:
+def make_standin_model(model_dir, size:int=64, scale:float=1.0, bias:float=0.0, cam_cells:int=8, prep:dict|None=None) -> Path:
     "A tiny ONNX model with the contract's input and outputs (prob, cam) and its model.json, in `model_dir`."
     import onnx
     from onnx import helper as h, TensorProto as TP, numpy_helper as nh
@@ -135,7 +135,7 @@ def make_standin_model(model_dir, size:int=64, scale:float=1.0, bias:float=0.0, 
                      [h.make_tensor_value_info('prob', TP.FLOAT, ['N']), h.make_tensor_value_info('cam', TP.FLOAT, ['N', None, None])], inits)
     m = h.make_model(g, opset_imports=[h.make_opsetid('', 17)]); m.ir_version = 8
     onnx.checker.check_model(m); onnx.save(m, model_dir/'model.onnx')
-    ModelMeta(arch='standin', input_size=size, preprocess=dict(size=size), normalize=IMAGENET_STATS, class_names=['No DR', 'DR'],
+    ModelMeta(arch='standin', input_size=size, preprocess=dict(prep or {}, size=size), normalize=IMAGENET_STATS, class_names=['No DR', 'DR'],
               threshold_source='default (not yet evaluated)', quality={}, onnx=dict(cam_shape=[size//k]*2, cam_bias=bias),
               weights={}, training=dict(note='stand-in model for tests: not trained, a fixed red-minus-green read-out'),
               code_version='standin', created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())).save(model_dir)

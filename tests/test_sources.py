@@ -55,13 +55,23 @@ def test_demo_model_served_as_evaluated_on_raw_demo_photos(demo_run, tmp_path):
     prob = pd.read_csv(tmp_path/'ev'/'predictions.csv').prob
     assert len(diff) >= 15 and prob.std() > 0.05 and diff.max() <= 1e-6, diff.max()
 
-def test_natural_photos_served_as_evaluated(shared, demo_run, tmp_path):
-    "30 natural-colour eyepacs-1024 photos and 3 full-resolution IDRiD photos (4288x2848): evaluated = served."
-    photos = sorted((shared/'eyepacs-1024'/'train').glob('*.jpeg'))[::16][:30]
+def natural_manifest(shared, path, n:int=30) -> Path:
+    "`n` natural-colour eyepacs-1024 photos and 3 full-resolution IDRiD photos (4288x2848), as a raw manifest."
+    photos = sorted((shared/'eyepacs-1024'/'train').glob('*.jpeg'))[::16][:n]
     photos += sorted((shared/'fullres'/'idrid').glob('*.jpg'))[:3]
     lv = pd.read_csv(shared/'labels'/'trainLabels.csv')
     levels = {r.image: LEVEL_TO_LABEL.get(r.level) for r in lv.itertuples()}
     levels |= {p.stem: 1 for p in photos if 'IDRiD' in p.stem}   # every IDRiD photo shows DR
-    diff = served_vs_evaluated(shutil.copytree(demo_run/'model', tmp_path/'model'), raw_manifest(photos, levels, tmp_path/'m.csv'),
+    return raw_manifest(photos, levels, path)
+
+def test_natural_photos_served_as_evaluated(shared, demo_run, tmp_path):
+    "The demo model on 30 natural-colour photos and 3 full-resolution IDRiD photos: evaluated = served."
+    diff = served_vs_evaluated(shutil.copytree(demo_run/'model', tmp_path/'model'), natural_manifest(shared, tmp_path/'m.csv'),
                                tmp_path/'ev')
     assert len(diff) >= 20 and diff.max() <= 1e-6, diff.max()
+
+def test_equalised_oversampled_served_as_evaluated(shared, tmp_path):
+    "The real-data configs' preparation (equalised at twice the input size, then averaged down): evaluated = served."
+    model = make_standin_model(tmp_path/'model', 128, scale=40., prep=dict(equalize=True, equalize_oversample=2))
+    diff = served_vs_evaluated(model, natural_manifest(shared, tmp_path/'m.csv', n=12), tmp_path/'ev')
+    assert len(diff) >= 10 and diff.max() <= 1e-6, diff.max()
