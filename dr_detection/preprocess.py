@@ -180,8 +180,12 @@ class PrepParams(BaseModel):
 
     @property
     def work_size(self) -> int:
-        "The side the disc is cropped to before any reduction: `size`, times the oversampling when equalising."
+        "The largest side the disc is cropped to before any reduction (what the photo is decoded for)."
         return self.size*(self.equalize_oversample if self.equalize else 1)
+
+    def oversample(self, disc:Disc) -> int:
+        "How many times `size` to crop `disc` at: `equalize_oversample`, but never above the disc's own resolution."
+        return max(1, min(self.equalize_oversample, int(2*disc.r//self.size))) if self.equalize else 1
 
     @classmethod
     def of(cls, obj) -> PrepParams:
@@ -205,9 +209,11 @@ def prepare(img, params:PrepParams|None=None, disc:Disc|None=None) -> Image.Imag
     "Model input for decoded `img`: crop to the retina disc, pad to a black square, resize; optional equalisation, Ben Graham, mask."
     p = PrepParams() if params is None else params
     im = _to_pil(img)
-    out = crop_to_disc(im, disc or locate_disc(im), p.work_size)
+    disc = disc or locate_disc(im)
+    k = p.oversample(disc)
+    out = crop_to_disc(im, disc, k*p.size)
     if p.equalize: out = equalize_retina(out)
-    if p.work_size > p.size: out = out.reduce(p.work_size//p.size)
+    if k > 1: out = out.reduce(k)
     if p.ben_graham: out = subtract_local_average(out, p.ben_sigma_frac*p.size/2)
     if p.mask: out = mask_circle(out, p.mask_frac)
     return out
