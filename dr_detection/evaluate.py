@@ -921,9 +921,10 @@ def write_threshold(model_dir, metrics:dict) -> ModelMeta:
     "Store the validation threshold, its source, the temperature, the screening policy and the CAM scale in model.json."
     meta, th, cal = load_meta(model_dir), metrics['threshold'], metrics['calibration']
     meta.threshold, meta.threshold_source = th['threshold'], _threshold_source(th)
+    used_flips = bool(metrics.get('tta', {}).get('used_for_threshold'))   # a flip-averaging graph (03)
     meta.evaluation = _jsonable(dict(threshold_method=th['method'], target_sensitivity=th['target_sensitivity'], rule=th['rule'],
                                      valid_sensitivity=th['sensitivity'], valid_specificity=th['specificity'],
-                                     temperature=cal['temperature'], temperature_applied=cal['applied'], tta_used=False,
+                                     temperature=cal['temperature'], temperature_applied=cal['applied'], tta_used=used_flips,
                                      test_auc=metrics['test']['auc'], metrics_file='metrics.json'))
     scr = metrics.get('screening')
     if scr:
@@ -1024,12 +1025,13 @@ def run_evaluate(cfg:Config, run_dir) -> dict:
     df = read_table(run_dir, 'preprocessed.csv'); check_patient_split(df)
     sess, meta = open_model(run_dir/'model')
     allp = photo_rows(df)
-    ph, cams = score_photos(sess, meta, allp[allp.split.isin(['valid', 'test'])], tta=cfg.evaluate.tta)
+    ph, cams = score_photos(sess, meta, allp[allp.split.isin(['valid', 'test'])], tta=cfg.evaluate.tta and meta.onnx.flips == 1)
     d = ph[ph.gradable & ph.label.notna()]
     valid, test = d[d.split == 'valid'], d[d.split == 'test']
     if not len(valid) or not len(test): raise ValueError(f"need valid and test rows, got {len(valid)} valid and {len(test)} test")
     metrics = evaluate_predictions(valid, test, cfg.evaluate, seed=cfg.data.seed)
     metrics.update(_run_context(cfg, run_dir, df, d, meta))
+    if meta.onnx.flips > 1: metrics['tta'] = dict(flips=list(FLIPS), used_for_threshold=True, note=GRAPH_FLIPS)
     metrics['notes'] += [n for n in (metrics['threshold'].get('note'), metrics['calibration'].get('note')) if n]
     cv = np.stack([cams[i] for i in valid.index])   # the CAM display scale, like the threshold, from the valid split only
     metrics['cam_display'] = dict(scale=cam_scale(cv), percentile=CAM_PERCENTILE, n_valid=len(cv),
