@@ -594,8 +594,8 @@ def photo_rows(df:pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/04_evaluate.ipynb #h049
 def score_photos(sess, meta:ModelMeta, d:pd.DataFrame, tta:bool=False) -> tuple[pd.DataFrame, dict]:
-    "`d` with `prob` (NaN for ungradable photos) and, with `tta`, `prob_tta`; and the CAMs by row index."
-    d, cams = d.copy(), {}
+    "`d` with `prob` (NaN for ungradable photos) and, with `tta` on a plain graph, `prob_tta`; and the CAMs by row index."
+    d, cams, tta = d.copy(), {}, tta and meta.onnx.flips == 1   # a flip-averaging graph is its own TTA
     for c in ('prob', 'prob_tta') if tta else ('prob',): d[c] = np.nan
     cached = d.gradable & (d['prep_path'].fillna('').astype(str).ne('') if 'prep_path' in d else False)
     for mask, prepared, col in ((cached, True, 'prep_path'), (d.gradable & ~cached, False, 'path')):
@@ -783,6 +783,10 @@ def _card_calibration(cal:dict) -> str:
 
 # %% ../nbs/04_evaluate.ipynb #c126
 GRAPH_FLIPS = 'the model graph averages the image and its three flips (train.flip_average): every number here is flip-averaged'
+
+def _graph_tta(meta:ModelMeta) -> dict|None:
+    "The TTA block of a model whose graph averages the flips itself, else None."
+    return dict(flips=list(FLIPS), used_for_threshold=True, note=GRAPH_FLIPS) if meta.onnx.flips > 1 else None
 
 def _card_tta(tta:dict) -> str:
     "The TTA paragraph: measured, or built into the graph."
@@ -1025,13 +1029,13 @@ def run_evaluate(cfg:Config, run_dir) -> dict:
     df = read_table(run_dir, 'preprocessed.csv'); check_patient_split(df)
     sess, meta = open_model(run_dir/'model')
     allp = photo_rows(df)
-    ph, cams = score_photos(sess, meta, allp[allp.split.isin(['valid', 'test'])], tta=cfg.evaluate.tta and meta.onnx.flips == 1)
+    ph, cams = score_photos(sess, meta, allp[allp.split.isin(['valid', 'test'])], tta=cfg.evaluate.tta)
     d = ph[ph.gradable & ph.label.notna()]
     valid, test = d[d.split == 'valid'], d[d.split == 'test']
     if not len(valid) or not len(test): raise ValueError(f"need valid and test rows, got {len(valid)} valid and {len(test)} test")
     metrics = evaluate_predictions(valid, test, cfg.evaluate, seed=cfg.data.seed)
     metrics.update(_run_context(cfg, run_dir, df, d, meta))
-    if meta.onnx.flips > 1: metrics['tta'] = dict(flips=list(FLIPS), used_for_threshold=True, note=GRAPH_FLIPS)
+    metrics['tta'] = _graph_tta(meta) or metrics['tta']
     metrics['notes'] += [n for n in (metrics['threshold'].get('note'), metrics['calibration'].get('note')) if n]
     cv = np.stack([cams[i] for i in valid.index])   # the CAM display scale, like the threshold, from the valid split only
     metrics['cam_display'] = dict(scale=cam_scale(cv), percentile=CAM_PERCENTILE, n_valid=len(cv),
@@ -1101,7 +1105,9 @@ def evaluate_manifest(model_dir,          # model folder with model.json and mod
     metrics = dict(threshold=th, threshold_from_model=True, test=split_metrics(lab.label, lab.prob, lab.patient, th['threshold'], n_boot, seed),
                    calibration=dict(applied=T != 1.0, fitted=T != 1.0, temperature=T, fitted_temperature=T,
                                     test=calibration_block(lab.label, lab.prob, T)))
-    if tta: metrics['tta'] = dict(flips=list(FLIPS), test=_tta_block(lab, n_boot, seed), valid=dict(auc_gain=float('nan')), note='measured only')
+    if tta or _graph_tta(meta):
+        metrics['tta'] = _graph_tta(meta) or dict(flips=list(FLIPS), test=_tta_block(lab, n_boot, seed),
+                                                  valid=dict(auc_gain=float('nan')), note='measured only')
     metrics['subgroups'] = {by: subgroup_metrics(lab, th['threshold'], by, n_boot=n_boot, seed=seed) for by in SUBGROUPS}
     metrics['source_warnings'] = source_warnings(metrics['subgroups']['source'], th.get('sensitivity'))
     metrics['screening'] = dict(policy=meta.screening.model_dump(), rejection=rejection_rates(ph),

@@ -126,6 +126,7 @@ class ServedModel:
         self.session = ort_session(path, threads)
         self.solo = ort_session(path, cores(), idle_spin=False) if 0 < threads < cores() else None
         self.size, self.threshold, self.class_names = self.meta.input_size, self.meta.threshold, self.meta.class_names
+        self.work_size = prep_params(self.meta).work_size  # the side 02 decodes an upload for
         self.cam_scale = model_cam_scale(self.meta)  # fixed heatmap scale: 04_evaluate's, else from cam_bias
         with open(path, 'rb') as f: self.version = f"{self.meta.arch}-{file_digest(f, 'sha256').hexdigest()[:12]}"
         self.metrics, self.pool, self._busy, self._lock = find_metrics(self.dir), None, 0, threading.Lock()
@@ -189,7 +190,7 @@ def inputs(self:ServedModel, data:bytes, max_pixels:int=MAX_PIXELS) -> tuple[np.
     "Check and prepare one upload, quality check started alongside: input [1,3,S,S], context."
     t0 = time.perf_counter()
     fmt, _ = check_upload(data, max_pixels)
-    first = decode_once(data, prep_params(self.meta).work_size, self.meta.quality.decode_size)
+    first = decode_once(data, self.work_size, self.meta.quality.decode_size)
     q = self.check_async(data if first is None else first)  # independent of the model input: runs meanwhile
     try: photo = self.prepare(data, first)
     except MemoryError: raise BadInput(503, "the service is short of memory just now: retry in a moment") from None
