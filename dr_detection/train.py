@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ARCHS', 'TF_STATS', 'FLIP_DIMS', 'arch_stats', 'DRNet', 'dr_splitter', 'PretrainedWeightsError', 'load_weights_file',
            'torchvision_state_dict', 'resnet_body', 'lite0_key', 'lite0_weights_file', 'efficientnet_lite0',
-           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'VariantReader', 'RandomNoise',
-           'make_dls', 'valid_auc', 'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state',
-           'set_rng_state', 'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint',
-           'restore_checkpoint', 'GlooDL', 'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit',
-           'launch_command', 'launch_train', 'CAMExport', 'export_onnx', 'onnx_parity', 'code_version', 'export_flips',
-           'model_meta', 'save_model', 'load_torch_model', 'plot_training', 'data_summary', 'run_train', 'train_main']
+           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'RandomNoise', 'make_dls',
+           'valid_auc', 'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state',
+           'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL',
+           'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport',
+           'export_onnx', 'onnx_parity', 'code_version', 'export_flips', 'model_meta', 'save_model', 'load_torch_model',
+           'plot_training', 'data_summary', 'run_train', 'train_main']
 
 # %% ../nbs/03_train.ipynb #c004
 import datetime, hashlib, io, json, math, operator, os, random, shutil, socket, subprocess, sys, time, warnings
@@ -204,15 +204,6 @@ class RandomJPEG(RandTransform):
         buf = io.BytesIO(); x.save(buf, 'JPEG', quality=self.q)
         return PILImage.create(buf.getvalue())
 
-# %% ../nbs/03_train.ipynb #34ff4f09
-class VariantReader:
-    "fastai `get_x`: a row's `prep_variant` for a share `p` of the draws where it has one, else its `prep_path`."
-    def __init__(self, p:float=0.5): self.p = p
-    def __call__(self, r):
-        v = getattr(r, 'prep_variant', '')
-        return v if isinstance(v, str) and v and random.random() < self.p else r.prep_path
-
-
 # %% ../nbs/03_train.ipynb #cdeb17ee
 class RandomNoise(RandTransform):
     "Add Gaussian noise to a training batch, sigma drawn per image in [0, `levels`] grey levels (of 255)."
@@ -225,11 +216,11 @@ class RandomNoise(RandTransform):
 
 # %% ../nbs/03_train.ipynb #c052
 def make_dls(df:pd.DataFrame, cfg:Config, device=None):
-    "fastai `DataLoaders` of `training_rows`: augmentations (re-encoded copies, JPEG, noise as configured), normalisation."
+    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG, noise if configured), arch normalisation."
     tc = cfg.train
     tfms = aug_transforms(do_flip=True, flip_vert=True, max_rotate=tc.max_rotate, max_zoom=tc.max_zoom,
                           max_lighting=tc.max_lighting, max_warp=0., p_affine=0.75, p_lighting=0.75, pad_mode='zeros')
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=VariantReader(tc.p_source_jpeg),
+    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=ColReader('prep_path'),
                        get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
                        item_tfms=[RandomJPEG(tc.jpeg_quality, tc.p_jpeg)] if tc.jpeg_quality else None,
                        batch_tfms=[*tfms, *([RandomNoise(tc.noise)] if tc.noise else []), Normalize.from_stats(**arch_stats(tc.arch))])
