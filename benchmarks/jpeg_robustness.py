@@ -9,7 +9,6 @@ Target (issue 15): a q95 re-encode moves no probability by more than 0.05.
 """
 import argparse, json, time
 from pathlib import Path
-import numpy as np
 import pandas as pd
 from dr_detection.config import shared_data
 from dr_detection.preprocess import reencode

@@ -258,7 +258,6 @@ def reencode(src, quality:int) -> bytes:
     with Image.open(src if isinstance(src, (str, Path)) else io.BytesIO(src)) as im:
         b = io.BytesIO(); to_rgb(im).save(b, 'JPEG', quality=quality); return b.getvalue()
 
-
 # %% ../nbs/02_preprocess.ipynb #c035
 def fill_stats(img:Image.Image) -> dict:
     "Is the disc centred and filling `img`? Retina fraction of the inscribed circle, black margins at mid-height, and deviation of the disc's edge from the inscribed circle."
