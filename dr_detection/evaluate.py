@@ -1105,9 +1105,9 @@ def evaluate_manifest(model_dir,          # model folder with model.json and mod
     metrics = dict(threshold=th, threshold_from_model=True, test=split_metrics(lab.label, lab.prob, lab.patient, th['threshold'], n_boot, seed),
                    calibration=dict(applied=T != 1.0, fitted=T != 1.0, temperature=T, fitted_temperature=T,
                                     test=calibration_block(lab.label, lab.prob, T)))
-    if tta or _graph_tta(meta):
-        metrics['tta'] = _graph_tta(meta) or dict(flips=list(FLIPS), test=_tta_block(lab, n_boot, seed),
-                                                  valid=dict(auc_gain=float('nan')), note='measured only')
+    if (graph := _graph_tta(meta)) or tta:
+        metrics['tta'] = graph or dict(flips=list(FLIPS), test=_tta_block(lab, n_boot, seed),
+                                       valid=dict(auc_gain=float('nan')), note='measured only')
     metrics['subgroups'] = {by: subgroup_metrics(lab, th['threshold'], by, n_boot=n_boot, seed=seed) for by in SUBGROUPS}
     metrics['source_warnings'] = source_warnings(metrics['subgroups']['source'], th.get('sensitivity'))
     metrics['screening'] = dict(policy=meta.screening.model_dump(), rejection=rejection_rates(ph),
