@@ -96,11 +96,20 @@ class QualityConfig(QualityParams, _Section):
     workers: Optional[int] = None            # processes; None = all cores
 
 # %% ../nbs/00a_config.ipynb #a021
+def _jpeg_range(v:tuple|None) -> tuple|None:
+    "A (low, high) JPEG quality range within 1-100, or None."
+    if v is not None and not 1 <= v[0] <= v[1] <= 100:
+        raise ValueError(f"a JPEG quality range is (low, high) within 1-100, got {v}")
+    return v
+
 class PreprocessConfig(PrepParams, _Section):
     "The crop's parameters (`PrepParams`) plus how 02_preprocess stores the prepared images."
     format: Literal['jpeg', 'png'] = 'jpeg'
     jpeg_quality: int = Field(95, ge=50, le=100)
+    source_jpeg: Optional[tuple[int, int]] = None  # also prepare training photos re-encoded at a quality in this range
     workers: Optional[int] = None            # processes; None = all cores
+    _source_jpeg = field_validator('source_jpeg', mode='after')(_jpeg_range)
+
 
 # %% ../nbs/00a_config.ipynb #a024
 class TrainConfig(_Section):
@@ -121,6 +130,7 @@ class TrainConfig(_Section):
     max_lighting: float = Field(0.2, ge=0, lt=1)    # augmentation: brightness/contrast change
     jpeg_quality: Optional[tuple[int, int]] = None  # augmentation: re-encode as JPEG at a quality in this range (None: off)
     p_jpeg: float = Field(0.5, ge=0, le=1)   # share of training images re-encoded so
+    consistency: float = Field(0., ge=0)     # weight of the stability loss: squared DR-logit change to the photo's re-encoded copy
     noise: float = Field(0., ge=0, le=64)    # augmentation: Gaussian pixel noise, sigma up to this many grey levels (0: off)
     flip_average: bool = False               # the exported graph averages the image and its 3 flips: steadier, 4x the compute
     workers: int = 0                         # DataLoader workers
@@ -128,11 +138,7 @@ class TrainConfig(_Section):
     deterministic: bool = True               # deterministic algorithms: same config, seed and machine = same weights
     threads: Optional[int] = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
 
-    @field_validator('jpeg_quality', mode='after')
-    @classmethod
-    def _quality(cls, v):
-        if v is not None and not 1 <= v[0] <= v[1] <= 100: raise ValueError(f"jpeg_quality must be (low, high) within 1-100, got {v}")
-        return v
+    _quality = field_validator('jpeg_quality', mode='after')(_jpeg_range)
 
     @field_validator('weights_path', mode='after')
     @classmethod
@@ -157,6 +163,12 @@ class Config(_Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode='after')
+    def _pairs(self):
+        if self.train.consistency and not self.preprocess.source_jpeg:
+            raise ValueError('train.consistency needs preprocess.source_jpeg: the re-encoded copies it compares with')
+        return self
 
 # %% ../nbs/00a_config.ipynb #a032
 class ConfigError(ValueError):

@@ -156,7 +156,7 @@ def hold_out_patients(m:pd.DataFrame, folders) -> pd.DataFrame:
     return out
 
 # %% ../nbs/00_data.ipynb #c031
-_PATHS = ('path', 'prep_path')
+_PATHS = ('path', 'prep_path', 'prep_variant')
 _BOOLS = ('duplicate', 'auto_ok', 'keep', 'prep_ok', 'cached')
 _INTS = ('grade', 'label', 'eyeq_quality')
 _TEXT = ('id', 'patient', 'eye', 'excluded', 'source', 'usage', 'split', 'quality_reasons', 'quality_error',

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_preprocess.ipynb #5d78d612
 from __future__ import annotations
-import io, json, math, os, time
+import io, json, math, os, random, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +18,8 @@ if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions 
 # %% auto #0
 __all__ = ['PREP_VERSION', 'IMAGENET_STATS', 'Disc', 'locate_disc', 'show_discs', 'crop_to_disc', 'subtract_local_average',
            'mask_circle', 'equalize_retina', 'PrepParams', 'prepare', 'prepare_file', 'show_before_after', 'reencode',
-           'fill_stats', 'decode_speed', 'read_stamp', 'encode', 'write_atomic', 'normalisation', 'run_preprocess']
+           'fill_stats', 'decode_speed', 'read_stamp', 'encode', 'write_atomic', 'variant_quality', 'normalisation',
+           'run_preprocess']
 
 # %% ../nbs/02_preprocess.ipynb #3e4e18b9
 @dataclass
@@ -252,7 +253,7 @@ def show_before_after(srcs:dict, size:int=256, options:list[dict]|None=None, fna
     if fname: fig.savefig(fname, dpi=80)
     return fig
 
-# %% ../nbs/02_preprocess.ipynb #e5b1d751
+# %% ../nbs/02_preprocess.ipynb #9c1a19bb
 def reencode(src, quality:int) -> bytes:
     "The photo `src` (path or bytes) saved again as a baseline JPEG at `quality` (4:2:0, as most cameras and PIL do)."
     with Image.open(src if isinstance(src, (str, Path)) else io.BytesIO(src)) as im:
@@ -292,11 +293,13 @@ def decode_speed(img:Image.Image, reps:int=20, jpeg_quality:int=95) -> dict:
     return res
 
 # %% ../nbs/02_preprocess.ipynb #6c9fd935
-def _stamp(src, params:dict, fmt:str, jpeg_quality:int) -> str:
-    "Identity of a cached output: source file (path, size, mtime) and every parameter."
+def _stamp(src, params:dict, fmt:str, jpeg_quality:int, reencode:int|None=None) -> str:
+    "Identity of a cached output: source file (path, size, mtime), every parameter, and the re-encode quality if any."
     st = os.stat(src)
+    extra = dict(reencode=reencode) if reencode else {}
     return json.dumps(dict(v=PREP_VERSION, src=str(src), bytes=st.st_size, mtime_ns=st.st_mtime_ns, fmt=fmt,
-                           q=jpeg_quality if fmt == 'jpeg' else None, params=params), sort_keys=True)
+                           q=jpeg_quality if fmt == 'jpeg' else None, params=params, **extra), sort_keys=True)
+
 
 # %% ../nbs/02_preprocess.ipynb #17a25de6
 def read_stamp(path) -> str|None:
@@ -326,6 +329,12 @@ def write_atomic(data:bytes, dest):
     finally:
         if tmp.exists(): tmp.unlink()
 
+# %% ../nbs/02_preprocess.ipynb #d6a92765
+def variant_quality(id:str, quality:tuple) -> int:
+    "The JPEG quality in `quality` (low, high) of photo `id`'s re-encoded training copy: the same on every run."
+    return random.Random(f'source_jpeg:{id}').randint(*quality)
+
+
 # %% ../nbs/02_preprocess.ipynb #dd1bd3e1
 def _channel_sums(img:Image.Image) -> list:
     "Pixel count, per-channel sum and sum of squares (of values/255), on every other row and column."
@@ -336,15 +345,16 @@ def _channel_sums(img:Image.Image) -> list:
 
 # %% ../nbs/02_preprocess.ipynb #05ec85fe
 def _prep_job(job:dict) -> dict:
-    "Prepare `job['src']` into `job['dest']` unless an up-to-date output is there; result row with stats."
+    "Prepare `job['src']` (re-encoded if `job['reencode']`) into `job['dest']` unless it is up to date; a result row."
     res = dict(id=job['id'], prep_path='', prep_error='', prep_disc='', prep_fallback='', cached=False, sums=None)
     try:
-        stamp = _stamp(job['src'], job['params'], job['fmt'], job['jpeg_quality'])
+        stamp = _stamp(job['src'], job['params'], job['fmt'], job['jpeg_quality'], job.get('reencode'))
         if Path(job['dest']).exists() and read_stamp(job['dest']) == stamp:
             with Image.open(job['dest']) as im: out = im.convert('RGB')
             res.update(cached=True, prep_disc=job.get('old_disc', ''), prep_fallback=job.get('old_fallback', ''))
         else:
-            out, disc = prepare_file(job['src'], PrepParams(**job['params']), with_disc=True)
+            src = reencode(job['src'], job['reencode']) if job.get('reencode') else job['src']
+            out, disc = prepare_file(src, PrepParams(**job['params']), with_disc=True)
             write_atomic(encode(out, job['fmt'], job['jpeg_quality'], stamp), job['dest'])
             res.update(prep_disc=disc.method, prep_fallback=disc.reason)
         res.update(prep_path=str(job['dest']), sums=_channel_sums(out))
@@ -379,6 +389,15 @@ def _jobs(q:pd.DataFrame, todo:pd.Series, run_dir:Path, pc) -> list[dict]:
                  jpeg_quality=pc.jpeg_quality, old_disc=old.get(r.id, {}).get('prep_disc', ''),
                  old_fallback=old.get(r.id, {}).get('prep_fallback', '')) for r in q[todo].itertuples()]
 
+# %% ../nbs/02_preprocess.ipynb #0158d7dc
+def _variant_jobs(jobs:list[dict], q:pd.DataFrame, pc) -> list[dict]:
+    "For the training rows among `jobs`: a job preparing the photo re-encoded at `variant_quality` (`pc.source_jpeg`)."
+    if not pc.source_jpeg: return []
+    train = set(q.id[q.get('split', 'train') == 'train'])
+    return [j | dict(dest=str(Path(j['dest']).with_suffix(f'.reenc.{pc.format}')), old_disc='', old_fallback='',
+                     reencode=variant_quality(j['id'], pc.source_jpeg)) for j in jobs if j['id'] in train]
+
+
 # %% ../nbs/02_preprocess.ipynb #dc6ba48b
 def _prep_meta(q:pd.DataFrame, todo:pd.Series, res:pd.DataFrame, pc) -> dict:
     "The parameters, normalisation statistics and counts of `preprocess.json`."
@@ -405,11 +424,18 @@ def run_preprocess(cfg, run_dir, progress:bool=True) -> pd.DataFrame:
     q = read_table(run_dir, 'quality.csv')
     (run_dir/'preprocessed').mkdir(parents=True, exist_ok=True)
     todo = pd.Series(q.index.isin(usable_rows(q, need_prep=False).index), index=q.index)
-    res = pd.DataFrame(parallel_map(_prep_job, _jobs(q, todo, run_dir, pc), pc.workers, progress),
-                       columns=['id', 'prep_path', 'prep_error', 'prep_disc', 'prep_fallback', 'cached', 'sums'])
+    jobs = _jobs(q, todo, run_dir, pc)
+    cols = ['id', 'prep_path', 'prep_error', 'prep_disc', 'prep_fallback', 'cached', 'sums']
+    res = pd.DataFrame(parallel_map(_prep_job, jobs, pc.workers, progress), columns=cols)
     res.index = q.index[todo]
     for c in ['prep_path', 'prep_error', 'prep_disc', 'prep_fallback']: q[c] = res[c].reindex(q.index).fillna('')
-    meta = _prep_meta(q, todo, res, pc) | dict(seconds=round(time.perf_counter()-t0, 2))
+    meta = _prep_meta(q, todo, res, pc)
+    if pc.source_jpeg:
+        var = pd.DataFrame(parallel_map(_prep_job, _variant_jobs(jobs, q, pc), pc.workers, progress), columns=cols)
+        q['prep_variant'] = q.id.map(dict(zip(var.id, var.prep_path))).fillna('')
+        meta['source_jpeg'] = dict(quality=list(pc.source_jpeg), prepared=int((var.prep_path != '').sum()),
+                                   reused=int(var.cached.sum()), failed=int((var.prep_path == '').sum()))
     write_table(q, run_dir, 'preprocessed.csv')
-    (run_dir/'preprocess.json').write_text(json.dumps(meta, indent=2))
+    (run_dir/'preprocess.json').write_text(json.dumps(meta | dict(seconds=round(time.perf_counter()-t0, 2)), indent=2))
     return q
+

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['ARCHS', 'TF_STATS', 'FLIP_DIMS', 'arch_stats', 'DRNet', 'dr_splitter', 'PretrainedWeightsError', 'load_weights_file',
            'torchvision_state_dict', 'resnet_body', 'lite0_key', 'lite0_weights_file', 'efficientnet_lite0',
-           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'RandomNoise', 'make_dls',
-           'valid_auc', 'KeepBest', 'EpochLog', 'make_learner', 'set_determinism', 'rng_state', 'set_rng_state',
-           'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint', 'restore_checkpoint', 'GlooDL',
-           'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit', 'launch_command', 'launch_train', 'CAMExport',
-           'export_onnx', 'onnx_parity', 'code_version', 'export_flips', 'model_meta', 'save_model', 'load_torch_model',
-           'plot_training', 'data_summary', 'run_train', 'train_main']
+           'lite0_body', 'build_model', 'training_rows', 'class_weights', 'RandomJPEG', 'RandomNoise', 'pair_path',
+           'Consistency', 'make_dls', 'valid_auc', 'KeepBest', 'EpochLog', 'make_learner', 'set_determinism',
+           'rng_state', 'set_rng_state', 'config_fingerprint', 'save_checkpoint', 'load_checkpoint', 'Checkpoint',
+           'restore_checkpoint', 'GlooDL', 'DDPTrainer', 'ddp_ctx', 'RankStats', 'gather_ranks', 'fit',
+           'launch_command', 'launch_train', 'CAMExport', 'export_onnx', 'onnx_parity', 'code_version', 'export_flips',
+           'model_meta', 'save_model', 'load_torch_model', 'plot_training', 'data_summary', 'run_train', 'train_main']
 
 # %% ../nbs/03_train.ipynb #c004
 import datetime, hashlib, io, json, math, operator, os, random, shutil, socket, subprocess, sys, time, warnings
@@ -214,14 +214,43 @@ class RandomNoise(RandTransform):
         sigma = torch.rand(x.shape[0], 1, 1, 1, device=x.device) * (self.levels/255)
         return (x + sigma*torch.randn_like(x)).clamp(0, 1)
 
+# %% ../nbs/03_train.ipynb #f97fe9e3
+def pair_path(r) -> str:
+    "The second image of a stability-training pair: the row's `prep_variant` where it has one, else its `prep_path`."
+    v = getattr(r, 'prep_variant', '')
+    return v if isinstance(v, str) and v else r.prep_path
+
+# %% ../nbs/03_train.ipynb #312a4c8f
+class Consistency(Callback):
+    "Stability training: add `weight` x the mean squared change of the DR logit margin between a training image and its pair."
+    order = -10  # before any other callback sees the batch
+    def __init__(self, weight:float=1.): self.weight, self.n, self.mean = weight, None, float('nan')
+    def before_epoch(self): self.total, self.count = 0., 0
+    def before_batch(self):
+        self.n = len(self.xb[0]) if self.training and len(self.xb) > 1 else None
+        if len(self.xb) > 1: self.learn.xb = (torch.cat(self.xb[:2]),) if self.n else self.xb[:1]
+    def after_pred(self):
+        if not self.n: return
+        m = self.pred[:, 1] - self.pred[:, 0]
+        self.penalty = ((m[:self.n] - m[self.n:])**2).mean()
+        self.learn.pred = self.pred[:self.n]
+    def after_loss(self):
+        if not self.n: return
+        self.learn.loss_grad = self.loss_grad + self.weight*self.penalty
+        self.learn.loss = self.learn.loss_grad.clone()
+        self.total, self.count = self.total + float(self.penalty), self.count + 1
+    def after_epoch(self): self.mean = self.total/self.count if self.count else float('nan')
+
 # %% ../nbs/03_train.ipynb #c052
 def make_dls(df:pd.DataFrame, cfg:Config, device=None):
-    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG, noise if configured), arch normalisation."
+    "fastai `DataLoaders` of `training_rows`: fundus augmentations (JPEG, noise, pairs if configured), arch normalisation."
     tc = cfg.train
     tfms = aug_transforms(do_flip=True, flip_vert=True, max_rotate=tc.max_rotate, max_zoom=tc.max_zoom,
                           max_lighting=tc.max_lighting, max_warp=0., p_affine=0.75, p_lighting=0.75, pad_mode='zeros')
-    dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=[0, 1])), get_x=ColReader('prep_path'),
-                       get_y=ColReader('label'), splitter=ColSplitter('is_valid'),
+    pairs = tc.consistency > 0   # a second input: the re-encoded copy (`Consistency`)
+    dblock = DataBlock(blocks=(ImageBlock,)*(1+pairs) + (CategoryBlock(vocab=[0, 1]),), n_inp=1+pairs,
+                       getters=[ColReader('prep_path'), *([pair_path] if pairs else []), ColReader('label')],
+                       splitter=ColSplitter('is_valid'),
                        item_tfms=[RandomJPEG(tc.jpeg_quality, tc.p_jpeg)] if tc.jpeg_quality else None,
                        batch_tfms=[*tfms, *([RandomNoise(tc.noise)] if tc.noise else []), Normalize.from_stats(**arch_stats(tc.arch))])
     n_train = int((~df.is_valid).sum()) // max(1, num_distrib())  # each process's share of the training images
@@ -301,12 +330,13 @@ class EpochLog(_Skips):
         metrics = {n: float(v) for n, v in zip(names, self.recorder.values[-1])}
         row = dict(epoch=len(self.rows), phase=self.phase, **metrics, lr=float(self.opt.hypers[-1]['lr']),
                    seconds=round(time.perf_counter() - self.t0, 2))
+        if hasattr(self.learn, 'consistency'): row['consistency'] = self.learn.consistency.mean
         self.rows.append(row)
         if rank_distrib() == 0: pd.DataFrame(self.rows).to_csv(self.fname, index=False)
 
 # %% ../nbs/03_train.ipynb #c065
 def make_learner(dls, cfg:Config, train_labels=None, model:nn.Module|None=None, run_dir=None) -> Learner:
-    "fastai `Learner` for `cfg.train`: weighted cross-entropy, Adam, `valid_auc`."
+    "fastai `Learner` for `cfg.train`: weighted cross-entropy (+ `Consistency`), Adam, `valid_auc`."
     tc = cfg.train
     if model is None: model = build_model(tc.arch, tc.pretrained, tc.weights_path, tc.dropout)
     w = None
@@ -316,6 +346,7 @@ def make_learner(dls, cfg:Config, train_labels=None, model:nn.Module|None=None, 
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=w), opt_func=Adam, metrics=[valid_auc()],
                     splitter=dr_splitter, wd=tc.weight_decay, path=Path(run_dir or '.'), model_dir='model')
     learn.add_cb(ChannelsLast())
+    if tc.consistency: learn.add_cb(Consistency(tc.consistency))
     if torch.cuda.is_available() and dls.device is not None and torch.device(dls.device).type == 'cuda':
         learn.add_cb(MixedPrecision(amp_mode='bf16' if torch.cuda.is_bf16_supported() else 'fp16'))
     learn.class_weights = None if w is None else w.tolist()

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dr_detection.config import load_config
-from dr_detection.data import read_table
+from dr_detection.data import read_table, write_table
 from dr_detection.infer import load_meta
 from dr_detection.preprocess import IMAGENET_STATS
 from dr_detection.synthetic import draw_fundus
@@ -103,3 +103,21 @@ def test_run_train_and_load_from_artifacts(prepared):
     # the weights file is plain safetensors: no pickle anywhere
     from safetensors import safe_open
     with safe_open(str(md / 'model.safetensors'), 'pt') as f: assert 'fc.weight' in f.keys()
+
+
+def test_stability_training_with_copies(prepared, tmp_path):
+    "`train.consistency` trains on photo/copy pairs end to end: the penalty is logged per epoch and the model exports as usual."
+    import shutil
+    d = shutil.copytree(prepared, tmp_path / 'run')
+    df = read_table(d, 'preprocessed.csv')
+    df['prep_variant'] = [str(d / f'preprocessed/{r.id}.reenc.jpeg') if r.split == 'train' else '' for r in df.itertuples()]
+    for r in df[df.split == 'train'].itertuples():   # stand-in for 02's re-encoded copies: a q40 JPEG of each crop
+        Image.open(r.prep_path).save(r.prep_variant, quality=40)
+    write_table(df, d, 'preprocessed.csv')
+    cfg = load_config(None, overrides={'preprocess.size': SIZE, 'preprocess.source_jpeg': [40, 40], 'train.consistency': 1.,
+                                       'train.arch': 'resnet18', 'train.epochs': 1, 'train.batch_size': 4})
+    meta = run_train(cfg, d)
+    log = pd.read_csv(d / 'train_log.csv')
+    assert 'consistency' in log and (log.consistency > 0).all() and np.isfinite(log.valid_loss).all()
+    assert json.loads((d / 'model' / 'model.json').read_text())['config']['train']['consistency'] == 1.
+    assert meta.training['data']['train']['images'] == 10
