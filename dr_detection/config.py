@@ -110,7 +110,6 @@ class PreprocessConfig(PrepParams, _Section):
     workers: Optional[int] = None            # processes; None = all cores
     _source_jpeg = field_validator('source_jpeg', mode='after')(_jpeg_range)
 
-
 # %% ../nbs/00a_config.ipynb #a024
 class TrainConfig(_Section):
     "Model and training schedule (03_train)."

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .fundus import decode, erode, parallel_map, retina_mask, to_rgb
 if TYPE_CHECKING: import pandas as pd  # (annotations only: the stage functions import it when they run)
 
-
 # %% auto #0
 __all__ = ['PREP_VERSION', 'IMAGENET_STATS', 'Disc', 'locate_disc', 'show_discs', 'crop_to_disc', 'subtract_local_average',
            'mask_circle', 'equalize_retina', 'PrepParams', 'prepare', 'prepare_file', 'show_before_after', 'reencode',
@@ -300,7 +299,6 @@ def _stamp(src, params:dict, fmt:str, jpeg_quality:int, reencode:int|None=None) 
     return json.dumps(dict(v=PREP_VERSION, src=str(src), bytes=st.st_size, mtime_ns=st.st_mtime_ns, fmt=fmt,
                            q=jpeg_quality if fmt == 'jpeg' else None, params=params, **extra), sort_keys=True)
 
-
 # %% ../nbs/02_preprocess.ipynb #17a25de6
 def read_stamp(path) -> str|None:
     "The stamp stored in a cached image, or None."
@@ -333,7 +331,6 @@ def write_atomic(data:bytes, dest):
 def variant_quality(id:str, quality:tuple) -> int:
     "The JPEG quality in `quality` (low, high) of photo `id`'s re-encoded training copy: the same on every run."
     return random.Random(f'source_jpeg:{id}').randint(*quality)
-
 
 # %% ../nbs/02_preprocess.ipynb #dd1bd3e1
 def _channel_sums(img:Image.Image) -> list:
@@ -397,7 +394,6 @@ def _variant_jobs(jobs:list[dict], q:pd.DataFrame, pc) -> list[dict]:
     return [j | dict(dest=str(Path(j['dest']).with_suffix(f'.reenc.{pc.format}')), old_disc='', old_fallback='',
                      reencode=variant_quality(j['id'], pc.source_jpeg)) for j in jobs if j['id'] in train]
 
-
 # %% ../nbs/02_preprocess.ipynb #dc6ba48b
 def _prep_meta(q:pd.DataFrame, todo:pd.Series, res:pd.DataFrame, pc) -> dict:
     "The parameters, normalisation statistics and counts of `preprocess.json`."
@@ -438,4 +434,3 @@ def run_preprocess(cfg, run_dir, progress:bool=True) -> pd.DataFrame:
     write_table(q, run_dir, 'preprocessed.csv')
     (run_dir/'preprocess.json').write_text(json.dumps(meta | dict(seconds=round(time.perf_counter()-t0, 2)), indent=2))
     return q
-
