@@ -238,7 +238,7 @@ class Consistency(Callback):
         if not self.n: return
         self.learn.loss_grad = self.loss_grad + self.weight*self.penalty
         self.learn.loss = self.learn.loss_grad.clone()
-        self.total, self.count = self.total + float(self.penalty), self.count + 1
+        self.total, self.count = self.total + float(self.penalty.detach()), self.count + 1
     def after_epoch(self): self.mean = self.total/self.count if self.count else float('nan')
 
 # %% ../nbs/03_train.ipynb #c052
