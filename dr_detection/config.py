@@ -130,6 +130,7 @@ class TrainConfig(_Section):
     jpeg_quality: Optional[tuple[int, int]] = None  # augmentation: re-encode as JPEG at a quality in this range (None: off)
     p_jpeg: float = Field(0.5, ge=0, le=1)   # share of training images re-encoded so
     consistency: float = Field(0., ge=0)     # weight of the stability loss: squared DR-logit change to the photo's re-encoded copy
+    consistency_loss: Literal['margin', 'kl'] = 'margin'  # the stability loss: squared DR-logit-margin change, or symmetric KL
     noise: float = Field(0., ge=0, le=64)    # augmentation: Gaussian pixel noise, sigma up to this many grey levels (0: off)
     flip_average: bool = False               # the exported graph averages the image and its 3 flips: steadier, 4x the compute
     workers: int = 0                         # DataLoader workers

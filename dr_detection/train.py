@@ -222,17 +222,19 @@ def pair_path(r) -> str:
 
 # %% ../nbs/03_train.ipynb #312a4c8f
 class Consistency(Callback):
-    "Stability training: add `weight` x the mean squared change of the DR logit margin between a training image and its pair."
+    "Stability training: add `weight` x the mean change of the DR answer between a training image and its pair (`kind`: how measured)."
     order = -10  # before any other callback sees the batch
-    def __init__(self, weight:float=1.): self.weight, self.n, self.mean = weight, None, float('nan')
+    def __init__(self, weight:float=1., kind:str='margin'):  # kind: 'margin' or 'kl' (`train.consistency_loss`)
+        self.weight, self.kind, self.n, self.mean = weight, kind, None, float('nan')
     def before_epoch(self): self.total, self.count = 0., 0
     def before_batch(self):
         self.n = len(self.xb[0]) if self.training and len(self.xb) > 1 else None
         if len(self.xb) > 1: self.learn.xb = (torch.cat(self.xb[:2]),) if self.n else self.xb[:1]
     def after_pred(self):
         if not self.n: return
-        m = self.pred[:, 1] - self.pred[:, 0]
-        self.penalty = ((m[:self.n] - m[self.n:])**2).mean()
+        m = self.pred[:, 1] - self.pred[:, 0]; dm = m[:self.n] - m[self.n:]
+        dp = torch.sigmoid(m[:self.n]) - torch.sigmoid(m[self.n:]) if self.kind == 'kl' else dm
+        self.penalty = (dm*dp).mean() / (2 if self.kind == 'kl' else 1)  # kl: symmetric KL of the two softmaxes
         self.learn.pred = self.pred[:self.n]
     def after_loss(self):
         if not self.n: return
@@ -346,7 +348,7 @@ def make_learner(dls, cfg:Config, train_labels=None, model:nn.Module|None=None, 
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=w), opt_func=Adam, metrics=[valid_auc()],
                     splitter=dr_splitter, wd=tc.weight_decay, path=Path(run_dir or '.'), model_dir='model')
     learn.add_cb(ChannelsLast())
-    if tc.consistency: learn.add_cb(Consistency(tc.consistency))
+    if tc.consistency: learn.add_cb(Consistency(tc.consistency, tc.consistency_loss))
     if torch.cuda.is_available() and dls.device is not None and torch.device(dls.device).type == 'cuda':
         learn.add_cb(MixedPrecision(amp_mode='bf16' if torch.cuda.is_bf16_supported() else 'fp16'))
     learn.class_weights = None if w is None else w.tolist()
